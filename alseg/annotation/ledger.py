@@ -1,0 +1,63 @@
+"""Every label the annotator revealed, with the round that revealed it. The training set of each
+round, the pool split and the seconds spent are all derived from it."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict
+
+from alseg.annotation.oracle import Label
+from alseg.data.torch_dataset import ImageView
+
+
+class Ledger:
+    def __init__(self, entries: list[dict] | None = None):
+        self.entries: list[dict] = list(entries or [])
+
+    def add(self, labels: list[Label], round_index: int) -> None:
+        for lab in labels:
+            d = {k: v for k, v in asdict(lab).items() if v is not None}
+            d["round"] = round_index
+            self.entries.append(d)
+
+    def drop_round(self, round_index: int) -> None:
+        """Forget what a round revealed (used when a round is redone on resume)."""
+        self.entries = [e for e in self.entries if e["round"] != round_index]
+
+    def to_list(self) -> list[dict]:
+        return list(self.entries)
+
+    def seconds(self, up_to_round: int | None = None) -> float:
+        return float(sum(e.get("seconds", 0.0) for e in self.entries if up_to_round is None or e["round"] <= up_to_round))
+
+    def fully_labeled_images(self) -> set[int]:
+        return {e["image_id"] for e in self.entries if e["kind"] == "image"}
+
+    def counts(self) -> dict[str, int]:
+        c = defaultdict(int)
+        for e in self.entries:
+            c[e["kind"]] += 1
+        images_touched = {e["image_id"] for e in self.entries}
+        return {
+            "labeled_images": len(self.fully_labeled_images()),
+            "images_with_labels": len(images_touched),
+            "labeled_masks": c["mask"],
+            "labeled_boxes": c["box"],
+            "labeled_points": c["point"],
+        }
+
+    def training_views(self) -> dict[int, ImageView]:
+        views: dict[int, ImageView] = defaultdict(ImageView)
+        for e in self.entries:
+            v = views[e["image_id"]]
+            kind = e["kind"]
+            if kind == "image":
+                v.full_image = True
+            elif kind == "mask":
+                v.mask_ann_ids.add(e["ann_id"])
+            elif kind == "box":
+                v.box_ann_ids.add(e["ann_id"])
+            elif kind == "point":
+                v.box_ann_ids.add(e["ann_id"])
+                v.points.append((e["ann_id"], e["x"], e["y"], e["value"]))
+        return dict(views)

@@ -1,0 +1,1 @@
+"""Dataset readers, the synthetic generator, transforms and the labeled/unlabeled pool."""

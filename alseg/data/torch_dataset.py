@@ -1,0 +1,121 @@
+"""torch Datasets: training targets derived from what the annotator revealed, and plain images for
+inference. Images are read with OpenCV; an unreadable file is a one-line DataError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from alseg.data.coco import CocoDataset, ImageRecord, decode_segmentation
+from alseg.data.transforms import Compose
+from alseg.errors import DataError
+
+
+@dataclass
+class ImageView:
+    """What training may use of one image: instances with a known box, those with a known mask,
+    labeled points (ann_id, x, y, label), and whether the whole image is annotated (then an image
+    with no instance is a valid all-background example)."""
+
+    full_image: bool = False
+
+    box_ann_ids: set[int] = field(default_factory=set)
+    mask_ann_ids: set[int] = field(default_factory=set)
+    points: list[tuple[int, float, float, int]] = field(default_factory=list)
+
+
+def read_image(rec: ImageRecord) -> np.ndarray:
+    img = cv2.imread(str(rec.path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"{rec.path}: image missing or unreadable (image_id={rec.image_id})")
+    if img.shape[:2] != (rec.height, rec.width):
+        raise DataError(
+            f"{rec.path}: image is {img.shape[1]}x{img.shape[0]} but the annotation file says {rec.width}x{rec.height}"
+        )
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+
+
+def build_sample(rec: ImageRecord, view: ImageView) -> dict:
+    insts = [i for i in rec.instances if i.ann_id in view.box_ann_ids or i.ann_id in view.mask_ann_ids]
+    n = len(insts)
+    masks = np.zeros((n, rec.height, rec.width), np.uint8)
+    has_mask = np.zeros(n, bool)
+    for k, inst in enumerate(insts):
+        if inst.ann_id in view.mask_ann_ids:
+            masks[k] = decode_segmentation(inst.segmentation, rec.height, rec.width)
+            has_mask[k] = True
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (i.bbox for i in insts)], np.float32).reshape(-1, 4)
+    index = {inst.ann_id: k for k, inst in enumerate(insts)}
+    pts = [(index[a], x, y, lab) for a, x, y, lab in view.points if a in index]
+    return {
+        "image": read_image(rec),
+        "boxes": boxes,
+        "labels": np.array([i.label for i in insts], np.int64),
+        "masks": masks,
+        "has_mask": has_mask,
+        "ann_ids": np.array([i.ann_id for i in insts], np.int64),
+        "points": np.array(pts, np.float32).reshape(-1, 4),
+    }
+
+
+def sample_to_target(s: dict, image_id: int) -> tuple[torch.Tensor, dict]:
+    target = {
+        "boxes": torch.from_numpy(s["boxes"]).float(),
+        "labels": torch.from_numpy(s["labels"]),
+        "masks": torch.from_numpy(s["masks"]),
+        "has_mask": torch.from_numpy(s["has_mask"]),
+        "points": torch.from_numpy(s["points"]),
+        "ann_ids": torch.from_numpy(s["ann_ids"]),
+        "image_id": image_id,
+    }
+    return to_tensor(s["image"]), target
+
+
+class TrainingSet(Dataset):
+    """Labeled images with their targets; augmentation randomness is a function of (seed, draw)."""
+
+    def __init__(self, data: CocoDataset, views: dict[int, ImageView], transforms: Compose | None, seed: int = 0):
+        self.data = data
+        self.image_ids = sorted(i for i, v in views.items() if v.full_image or v.box_ann_ids or v.mask_ann_ids)
+        self.views = views
+        self.transforms = transforms
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, key):
+        # The sampler passes (index, draw number) so augmentations are reproducible on resume.
+        index, draw = key if isinstance(key, tuple) else (key, 0)
+        image_id = self.image_ids[index]
+        s = build_sample(self.data.by_id[image_id], self.views[image_id])
+        if self.transforms is not None:
+            s = self.transforms(s, np.random.default_rng([self.seed, draw, index]))
+        return sample_to_target(s, image_id)
+
+
+class ImageSet(Dataset):
+    """Images only (evaluation, pool inference)."""
+
+    def __init__(self, data: CocoDataset, image_ids: list[int] | None = None):
+        self.data = data
+        self.image_ids = list(image_ids) if image_ids is not None else data.image_ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int):
+        rec = self.data.by_id[self.image_ids[index]]
+        return to_tensor(read_image(rec)), rec.image_id
+
+
+def collate(batch):
+    return tuple(zip(*batch))

@@ -1,0 +1,1 @@
+"""Training, evaluation, pool inference and the active-learning round loop."""

@@ -1,0 +1,117 @@
+"""Evaluation: pycocotools COCOeval (segm + bbox: AP, AP50, AP75, APs/m/l, per-class AP), plus the
+mean Dice and greedy IoU matching of the COCO-subset report."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from alseg.data.coco import CocoDataset
+from alseg.data.torch_dataset import ImageSet, collate
+
+log = logging.getLogger(__name__)
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@torch.no_grad()
+def predict(model, data: CocoDataset, image_ids=None, device="cpu", batch_size: int = 4, mask_threshold: float = 0.5,
+            desc: str = "predict", progress: bool = True):
+    """Run the model; yields (image_id, boxes xyxy, scores, labels, binary masks (n, H, W) bool)."""
+    model.eval()
+    loader = DataLoader(ImageSet(data, image_ids), batch_size=batch_size, collate_fn=collate, num_workers=0)
+    for images, ids in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        outputs = model([im.to(device) for im in images])
+        for image_id, out in zip(ids, outputs):
+            masks = (out["masks"][:, 0] >= mask_threshold).cpu().numpy() if "masks" in out else None
+            yield (image_id, out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(), masks)
+
+
+def to_coco_results(data: CocoDataset, image_id, boxes, scores, labels, masks) -> tuple[list, list]:
+    segm, bbox = [], []
+    for k in range(len(scores)):
+        x1, y1, x2, y2 = (float(v) for v in boxes[k])
+        base = {"image_id": int(image_id), "category_id": data.label_to_cat_id[int(labels[k])], "score": float(scores[k])}
+        bbox.append({**base, "bbox": [x1, y1, x2 - x1, y2 - y1]})
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[k].astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            segm.append({**base, "segmentation": rle})
+    return segm, bbox
+
+
+def _coco_eval(gt, results: list, iou_type: str, class_names: list[str]) -> dict:
+    prefix = "mask_" if iou_type == "segm" else "box_"
+    if not results:
+        return {prefix + n: 0.0 for n in STAT_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    out = {prefix + n: max(0.0, float(v)) for n, v in zip(STAT_NAMES, ev.stats[:6])}
+    # Per-class AP over IoU .50:.95, all areas, 100 detections; -1 (no ground truth) is skipped.
+    prec = ev.eval["precision"][:, :, :, 0, -1]
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = prec[:, :, k]
+        p = p[p > -1]
+        if p.size:
+            out[f"{prefix}AP/{class_names[k]}"] = float(p.mean())
+    return out
+
+
+def dice_and_greedy_iou(gt_masks: np.ndarray, pred_masks: np.ndarray) -> tuple[list[float], list[float]]:
+    """Greedy matching, as in the COCO-subset report: each ground-truth mask takes the unused
+    prediction it overlaps most; unmatched ground truth counts as 0. Returns per-instance Dice, IoU."""
+    if len(gt_masks) == 0:
+        return [], []
+    if pred_masks is None or len(pred_masks) == 0:
+        return [0.0] * len(gt_masks), [0.0] * len(gt_masks)
+    g = gt_masks.reshape(len(gt_masks), -1).astype(np.float32)
+    p = pred_masks.reshape(len(pred_masks), -1).astype(np.float32)
+    inter = g @ p.T
+    union = g.sum(1)[:, None] + p.sum(1)[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    dice_mat = np.where(union > 0, 2 * inter / np.maximum(g.sum(1)[:, None] + p.sum(1)[None, :], 1e-9), 0.0)
+    used = np.zeros(len(p), bool)
+    dices, ious = [0.0] * len(g), [0.0] * len(g)
+    # Pairs in order of decreasing IoU: the greedy one-to-one assignment.
+    for flat in np.argsort(-iou, axis=None):
+        i, j = np.unravel_index(flat, iou.shape)
+        if iou[i, j] <= 0:
+            break
+        if dices[i] == 0.0 and ious[i] == 0.0 and not used[j]:
+            used[j] = True
+            ious[i], dices[i] = float(iou[i, j]), float(dice_mat[i, j])
+    return dices, ious
+
+
+def evaluate(model, data: CocoDataset, device="cpu", batch_size: int = 4, score_threshold_dice: float = 0.5,
+             progress: bool = True) -> dict:
+    """All metrics of a model on a dataset, as a flat dict of floats."""
+    segm, bbox, dices, ious = [], [], [], []
+    for image_id, boxes, scores, labels, masks in predict(model, data, device=device, batch_size=batch_size,
+                                                          desc="evaluate", progress=progress):
+        s, b = to_coco_results(data, image_id, boxes, scores, labels, masks)
+        segm += s
+        bbox += b
+        keep = scores >= score_threshold_dice
+        d, i = dice_and_greedy_iou(data.by_id[image_id].decode_masks(), masks[keep] if masks is not None else None)
+        dices += d
+        ious += i
+    metrics = {}
+    metrics.update(_coco_eval(data.coco_gt, segm, "segm", data.class_names))
+    metrics.update(_coco_eval(data.coco_gt, bbox, "bbox", data.class_names))
+    metrics["mean_dice"] = float(np.mean(dices)) if dices else 0.0
+    metrics["mean_greedy_iou"] = float(np.mean(ious)) if ious else 0.0
+    metrics["num_detections"] = len(bbox)
+    return metrics

@@ -1,0 +1,286 @@
+"""The active-learning round loop and its run folder.
+
+Round 0 labels the initial set (chosen by ``al.initial_strategy``, random by default); every later
+round scores the unlabeled pool with the strategy, asks the oracle, and retrains. Each round goes
+through three phases (selected -> trained -> evaluated); ``state.json`` is rewritten atomically
+after each one, so a run killed at any moment continues where it stopped and, with the same seed,
+makes exactly the selections an uninterrupted run makes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from alseg.annotation.budget import Budget
+from alseg.annotation.cost import CostTable
+from alseg.annotation.ledger import Ledger
+from alseg.annotation.oracle import Oracle
+from alseg.annotation.queries import Query
+from alseg.data.build import DataSplits
+from alseg.data.torch_dataset import TrainingSet
+from alseg.data.transforms import build_transforms
+from alseg.engine.evaluate import evaluate
+from alseg.engine.state import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
+from alseg.errors import ConfigError
+from alseg.strategies.base import SelectionContext, Strategy
+from alseg.writers.base import WriterGroup
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+PHASES = ("start", "selected", "trained", "evaluated")
+# Config keys that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.num_workers", "paths")
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"device: must be auto, cpu or cuda[:N], got {name!r}")
+    return name
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    a, b = _flat(old), _flat(new)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k) and not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
+
+
+class ActiveLearningLoop:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.seed = int(cfg.seed)
+        self.device = resolve_device(str(cfg.device))
+        self.progress = bool(cfg.get("progress", True))
+        al = cfg.al
+        self.rounds = int(al.rounds)
+        if self.rounds < 0:
+            raise ConfigError(f"al.rounds must be >= 0, got {self.rounds}")
+        if al.policy not in ("finetune", "reset"):
+            raise ConfigError(f"al.policy must be finetune or reset, got {al.policy!r}")
+        if al.keep_checkpoints not in ("all", "last"):
+            raise ConfigError(f"al.keep_checkpoints must be all or last, got {al.keep_checkpoints!r}")
+        self.costs = CostTable(**OmegaConf.to_container(cfg.cost))
+        self.train_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer.schedule))
+        self.train_cfg.validate()
+        self.finetune_iters = int(cfg.trainer.get("finetune_iters") or self.train_cfg.iters)
+        if self.finetune_iters < 1:
+            raise ConfigError(f"trainer.finetune_iters must be >= 1, got {self.finetune_iters}")
+        self.transforms = build_transforms(OmegaConf.to_container(cfg.trainer.transforms))
+        self.budget = Budget(float(al.budget), str(al.budget_unit))
+
+    # ---------------------------------------------------------------- setup
+    def _build_data(self) -> DataSplits:
+        data: DataSplits = instantiate(self.cfg.dataset, _convert_="all")
+        n = len(data.train.images)
+        init = self.cfg.al.initial
+        if isinstance(init, float) and 0 < init < 1:
+            self.initial_budget = Budget(max(1, round(init * n)), "images")
+        else:
+            if not isinstance(init, (int, float)) or init < 1:
+                raise ConfigError(f"al.initial must be an image count >= 1 or a fraction in (0, 1), got {init!r}")
+            self.initial_budget = Budget(int(init), str(self.cfg.al.get("initial_unit", "images")))
+        if self.initial_budget.unit == "images" and self.initial_budget.amount > n:
+            raise ConfigError(f"al.initial ({int(self.initial_budget.amount)} images) is larger than the pool ({n} images)")
+        if self.budget.unit == "images":
+            need = self.initial_budget.amount + self.rounds * self.budget.amount
+            if self.rounds and self.budget.amount > n - self.initial_budget.amount:
+                raise ConfigError(f"al.budget ({int(self.budget.amount)} images) is larger than the unlabeled pool "
+                                  f"({n - int(self.initial_budget.amount)} images after the initial set)")
+            if need > n:
+                raise ConfigError(f"al.initial + al.rounds x al.budget = {int(need)} images exceeds the pool of {n} images")
+        return data
+
+    def _build_model(self, num_classes: int):
+        torch.manual_seed(self.seed)
+        model = instantiate(self.cfg.model, num_classes=num_classes, _convert_="all")
+        return model.to(self.device)
+
+    def _strategy(self, node) -> Strategy:
+        s = instantiate(node, _convert_="all")
+        if not isinstance(s, Strategy):
+            raise ConfigError(f"strategy: {node.get('_target_')} is not an alseg Strategy")
+        return s
+
+    # ---------------------------------------------------------------- state
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "state.json"
+
+    def round_dir(self, k: int) -> Path:
+        return self.run_dir / f"round_{k:03d}"
+
+    def _load_or_create_state(self, config: dict) -> dict:
+        if self.state_path.is_file():
+            try:
+                state = read_json(self.state_path)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{self.state_path}: unreadable run state ({e}); move the folder away to start over") from None
+            if state.get("version") != STATE_VERSION:
+                raise ConfigError(f"{self.state_path}: state version {state.get('version')} is not supported")
+            diffs = config_differences(state["config"], config)
+            if diffs:
+                raise ConfigError(
+                    f"{self.run_dir}: exists with a different config (differs at: {', '.join(diffs[:5])}); "
+                    f"pass run_name=NAME for a new run or remove the folder"
+                )
+            log.info("resuming %s at round %d (phase %s)", self.run_dir, state["round"], state["phase"])
+            return state
+        return {"version": STATE_VERSION, "round": 0, "phase": "start", "ledger": [], "records": [],
+                "seed": self.seed, "config": config}
+
+    def _commit(self, state: dict) -> None:
+        atomic_write_json(self.state_path, state)
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> list[dict]:
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        data = self._build_data()  # all validation happens before the run folder is touched
+        strategy = self._strategy(self.cfg.strategy)
+        initial_strategy = self._strategy(self.cfg.al.initial_strategy)
+        state = self._load_or_create_state(config)
+        state["config"] = config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_file = logging.FileHandler(self.run_dir / "run.log")
+        log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(log_file)
+        log.info("run folder: %s", self.run_dir)
+        if not (self.run_dir / "config.yaml").is_file() or state["round"] == 0 and state["phase"] == "start":
+            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        self._commit(state)
+
+        oracle = Oracle(data.train, self.costs)
+        ledger = Ledger(state["ledger"])
+        writers = WriterGroup(list(instantiate(self.cfg.logger, _convert_="all").values()) if self.cfg.logger else [])
+        writers.open(self.run_dir, config, state["records"])
+        model = None
+        try:
+            while state["round"] <= self.rounds:
+                k = state["round"]
+                if state["phase"] == "start":
+                    model = self._maybe_load(model, data, k - 1)
+                    strat, budget = (initial_strategy, self.initial_budget) if k == 0 else (strategy, self.budget)
+                    self._select(k, strat, budget, data, ledger, oracle, model)
+                    state.update(phase="selected", ledger=ledger.to_list())
+                    self._commit(state)
+                if state["phase"] == "selected":
+                    model = self._train(k, data, ledger, model)
+                    state.update(phase="trained")
+                    self._commit(state)
+                if state["phase"] == "trained":
+                    model = self._maybe_load(model, data, k)
+                    record = self._evaluate(k, data, ledger, model, strategy)
+                    writers.write(record)
+                    state["records"] = [r for r in state["records"] if r["round"] != k] + [record]
+                    state.update(phase="evaluated")
+                    self._commit(state)
+                state.update(round=k + 1, phase="start")
+                self._commit(state)
+        finally:
+            writers.close()
+            logging.getLogger().removeHandler(log_file)
+            log_file.close()
+        return state["records"]
+
+    def _maybe_load(self, model, data: DataSplits, k: int):
+        """The model trained in round k (kept in memory, or read back from its checkpoint)."""
+        if k < 0:
+            return None
+        if model is not None and getattr(model, "_alseg_round", None) == k:
+            return model
+        ckpt = self.round_dir(k) / "model.pt"
+        if not ckpt.is_file():
+            raise ConfigError(f"{ckpt}: checkpoint missing, cannot resume round {k + 1}")
+        m = self._build_model(data.train.num_classes)
+        m.load_state_dict(torch.load(ckpt, map_location=self.device, weights_only=True)["model"])
+        m._alseg_round = k
+        return m
+
+    def _select(self, k, strategy: Strategy, budget: Budget, data, ledger: Ledger, oracle: Oracle, model) -> None:
+        ledger.drop_round(k)  # a half-done selection of this round is redone from scratch
+        labeled = sorted(ledger.fully_labeled_images())
+        unlabeled = sorted(set(data.train.image_ids) - set(labeled))
+        if not unlabeled:
+            raise ConfigError(f"round {k}: the unlabeled pool is empty; lower al.rounds or al.budget")
+        ctx = SelectionContext(round_index=k, data=data.train, ledger=ledger, unlabeled=unlabeled, labeled=labeled,
+                               oracle=oracle, model=model,
+                               _providers={"predictions": lambda: self._pool_predictions(model, data, unlabeled)})
+        rng = np.random.default_rng([self.seed, k, 1])
+        queries = strategy.select(ctx, budget, rng)
+        if not queries:
+            raise ConfigError(f"round {k}: strategy {strategy.name!r} selected nothing within the budget {budget}")
+        seconds = 0.0
+        for q in queries:
+            labels = oracle.answer(q)
+            seconds += sum(lab.seconds for lab in labels)
+            ledger.add(labels, k)
+        atomic_write_json(self.round_dir(k) / "selection.json", {
+            "round": k, "strategy": strategy.name, "budget": {"amount": budget.amount, "unit": budget.unit},
+            "seconds": seconds, "queries": [q.to_dict() for q in queries]})
+        log.info("round %d: %s selected %d queries (%.0f s of annotation)", k, strategy.name, len(queries), seconds)
+
+    def _pool_predictions(self, model, data: DataSplits, image_ids: list[int]):
+        from alseg.engine.evaluate import predict
+
+        if model is None:
+            raise ConfigError("this strategy needs a trained model; it cannot be the initial strategy")
+        return {i: (b, s, l, m) for i, b, s, l, m in predict(model, data.train, image_ids, device=self.device,
+                                                             desc="pool inference", progress=self.progress)}
+
+    def _train(self, k: int, data: DataSplits, ledger: Ledger, previous):
+        views = ledger.training_views()
+        partial = [i for i, v in views.items() if v.box_ann_ids - v.mask_ann_ids]
+        if partial:
+            raise ConfigError("box- or point-only instances need point-supervised training, which this model does not do yet")
+        if self.cfg.al.policy == "finetune" and k > 0:
+            model = self._maybe_load(previous, data, k - 1)
+            iters = self.finetune_iters
+        else:
+            model = self._build_model(data.train.num_classes)
+            iters = self.train_cfg.iters
+        cfg = TrainerConfig(**{**self.train_cfg.__dict__, "iters": iters})
+        torch.manual_seed(self.seed * 1009 + k)
+        dataset = TrainingSet(data.train, views, self.transforms, seed=self.seed * 1009 + k)
+        self._loss_hook = LossAverageHook()
+        trainer = Trainer(model, dataset, cfg, self.device, seed=self.seed * 1009 + k,
+                          hooks=[ProgressHook(f"round {k} train", enabled=self.progress), self._loss_hook])
+        trainer.train()
+        atomic_torch_save({"model": model.state_dict(), "round": k}, self.round_dir(k) / "model.pt")
+        if self.cfg.al.keep_checkpoints == "last" and k > 0:
+            (self.round_dir(k - 1) / "model.pt").unlink(missing_ok=True)
+        model._alseg_round = k
+        return model
+
+    def _evaluate(self, k: int, data: DataSplits, ledger: Ledger, model, strategy: Strategy) -> dict:
+        metrics = evaluate(model, data.val, device=self.device, batch_size=int(self.cfg.eval.batch_size),
+                           progress=self.progress)
+        seconds = ledger.seconds()
+        record = {"round": k, "strategy": strategy.name, "seed": self.seed, **ledger.counts(),
+                  "seconds": seconds, "hours": seconds / 3600.0, **metrics}
+        if getattr(self, "_loss_hook", None) is not None:
+            record.update(self._loss_hook.summary())
+        atomic_write_json(self.round_dir(k) / "metrics.json", record)
+        return record

@@ -1,0 +1,179 @@
+"""An iteration-based trainer in plain PyTorch with hooks (in the manner of detectron2's
+SimpleTrainer): SGD with momentum and weight decay, linear warmup then step decay, gradient
+clipping, AMP on GPU, a progress bar with the loss, and a stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from alseg.data.torch_dataset import TrainingSet, collate
+from alseg.errors import ConfigError, TrainingError
+
+
+@dataclass
+class TrainerConfig:
+    iters: int = 400
+    batch_size: int = 4
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    steps: Sequence[float] = (0.8,)  # decay points, as fractions of iters
+    gamma: float = 0.1
+    grad_clip: float | None = 10.0
+    amp: bool = True  # only takes effect on CUDA
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.iters >= 1, "iters must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.warmup_iters >= 0, "warmup_iters must be >= 0"),
+            (0 < self.warmup_factor <= 1, "warmup_factor must be in (0, 1]"),
+            (all(0 < s <= 1 for s in self.steps), "steps must be fractions in (0, 1]"),
+            (0 < self.gamma <= 1, "gamma must be in (0, 1]"),
+            (self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0 or null"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"trainer.{msg}")
+
+    def lr_factor(self, it: int) -> float:
+        f = self.gamma ** sum(it >= int(s * self.iters) for s in self.steps)
+        if it < self.warmup_iters:
+            alpha = it / self.warmup_iters
+            f *= self.warmup_factor * (1 - alpha) + alpha
+        return f
+
+
+class InfiniteSampler(Sampler):
+    """Shuffled passes over the dataset, forever; yields (index, draw) so that augmentations are a
+    function of the seed and the draw number only."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng(self.seed)
+        draw = 0
+        while True:
+            for i in rng.permutation(self.n):
+                yield int(i), draw
+                draw += 1
+
+
+class HookBase:
+    def before_train(self, trainer: "Trainer") -> None: ...
+    def after_step(self, trainer: "Trainer") -> None: ...
+    def after_train(self, trainer: "Trainer") -> None: ...
+
+
+class ProgressHook(HookBase):
+    def __init__(self, desc: str = "train", every: int = 10, enabled: bool = True):
+        self.desc, self.every, self.enabled = desc, every, enabled
+        self.bar = None
+
+    def before_train(self, trainer):
+        self.bar = tqdm(total=trainer.cfg.iters, desc=self.desc, leave=False, disable=not self.enabled)
+
+    def after_step(self, trainer):
+        self.bar.update(1)
+        if trainer.iter % self.every == 0:
+            self.bar.set_postfix(loss=f"{trainer.last_loss:.3f}", lr=f"{trainer.current_lr:.2g}")
+
+    def after_train(self, trainer):
+        self.bar.close()
+
+
+class LossAverageHook(HookBase):
+    """Mean of each loss term over the last ``window`` iterations, for the round's metrics."""
+
+    def __init__(self, window: int = 50):
+        self.window = window
+        self.history: list[dict[str, float]] = []
+
+    def after_step(self, trainer):
+        self.history.append(trainer.last_losses)
+        if len(self.history) > self.window:
+            self.history.pop(0)
+
+    def summary(self) -> dict[str, float]:
+        if not self.history:
+            return {}
+        keys = self.history[-1].keys()
+        return {f"train/{k}": float(np.mean([h[k] for h in self.history])) for k in keys}
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, dataset: TrainingSet, cfg: TrainerConfig, device: str = "cpu",
+                 seed: int = 0, hooks: Sequence[HookBase] = ()):
+        cfg.validate()
+        if len(dataset) == 0:
+            raise TrainingError("no labeled image to train on")
+        self.model, self.dataset, self.cfg, self.device = model, dataset, cfg, torch.device(device)
+        self.hooks = list(hooks)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cfg.lr_factor)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            sampler=InfiniteSampler(len(dataset), seed),
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+        )
+        self.iter = 0
+        self.last_loss = math.nan
+        self.last_losses: dict[str, float] = {}
+
+    @property
+    def current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train(self) -> None:
+        self.model.train()
+        for h in self.hooks:
+            h.before_train(self)
+        data_iter = iter(self.loader)
+        for self.iter in range(self.cfg.iters):
+            images, targets = next(data_iter)
+            self.run_step(images, targets)
+            for h in self.hooks:
+                h.after_step(self)
+        for h in self.hooks:
+            h.after_train(self)
+
+    def run_step(self, images, targets) -> None:
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            losses = self.model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise TrainingError(f"non-finite loss at iteration {self.iter} ({terms}); lower trainer.lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.last_loss = float(loss.detach())
+        self.last_losses = {k: float(v.detach()) for k, v in losses.items()}

@@ -1,0 +1,62 @@
+"""The strategy interface. A strategy ranks queries; the loop takes what fits the budget.
+
+A strategy declares in ``needs`` what it reads from the context, so the loop computes nothing
+more (random needs nothing; an uncertainty strategy needs 'predictions' on the unlabeled pool).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from alseg.annotation.budget import Budget
+from alseg.annotation.ledger import Ledger
+from alseg.annotation.oracle import Oracle
+from alseg.annotation.queries import Query
+from alseg.data.coco import CocoDataset
+
+
+@dataclass
+class SelectionContext:
+    round_index: int
+    data: CocoDataset  # the training pool with its ground truth (only oracle strategies may read masks)
+    ledger: Ledger
+    unlabeled: list[int]  # image ids not yet fully annotated, sorted
+    labeled: list[int]
+    oracle: Oracle
+    model: Any = None  # the model of the previous round (None at round 0)
+    _providers: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, need: str):
+        """Something computed on demand by the loop (e.g. 'predictions'), once per round."""
+        if need not in self._cache:
+            if need not in self._providers:
+                raise KeyError(f"the loop provides no {need!r}; available: {sorted(self._providers)}")
+            self._cache[need] = self._providers[need]()
+        return self._cache[need]
+
+
+class Strategy:
+    """Subclasses set ``name``, ``needs`` and implement ``rank``."""
+
+    name: str = "base"
+    needs: frozenset[str] = frozenset()
+
+    def __init__(self, name: str | None = None):
+        if name:
+            self.name = name
+
+    def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
+        """Queries in order of preference (at least enough to fill the budget when possible)."""
+        raise NotImplementedError
+
+    def select(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
+        ranked = self.rank(ctx, budget, rng)
+        return budget.take(ranked, ctx.oracle.cost, lambda q: self._instances_of(ctx, q))
+
+    @staticmethod
+    def _instances_of(ctx: SelectionContext, q: Query) -> int:
+        return len(ctx.data.by_id[q.image_id].instances) if q.kind == "image" else 1

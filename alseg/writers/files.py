@@ -1,0 +1,50 @@
+"""results.jsonl (the source of truth for comparisons), results.csv and the AP-vs-hours plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from alseg.engine.state import atomic_write_text
+from alseg.writers.base import MetricsWriter
+
+
+class JsonlWriter(MetricsWriter):
+    """One line per round. Rewritten whole (atomically) so a redone round never appears twice."""
+
+    filename = "results.jsonl"
+
+    def open(self, run_dir, config, resumed_records):
+        self.path = Path(run_dir) / self.filename
+        self.records = list(resumed_records)
+
+    def write(self, record):
+        self.records = [r for r in self.records if r["round"] != record["round"]] + [record]
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
+
+
+class CsvWriter(JsonlWriter):
+    filename = "results.csv"
+
+    def write(self, record):
+        self.records = [r for r in self.records if r["round"] != record["round"]] + [record]
+        cols = list(dict.fromkeys(k for r in self.records for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(self.records)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+class PlotWriter(JsonlWriter):
+    """ap_vs_hours.png: mask and box AP against annotation hours, redrawn after every round."""
+
+    filename = "ap_vs_hours.png"
+
+    def write(self, record):
+        from alseg.plots import plot_ap_vs_cost
+
+        self.records = [r for r in self.records if r["round"] != record["round"]] + [record]
+        plot_ap_vs_cost({"this run": [self.records]}, self.path)

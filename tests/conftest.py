@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from alseg.cli import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_COCO = Path(os.environ.get("ALSEG_TINY_COCO", REPO.parent / "shared" / "data" / "tiny_coco"))
+
+# A fast configuration: 64-pixel synthetic images, a few iterations, no wandb, no progress bars.
+FAST = [
+    "dataset.num_train=24",
+    "dataset.num_val=8",
+    "dataset.image_size=64",
+    "dataset.max_radius=20",
+    "model.min_size=64",
+    "model.max_size=64",
+    "model.anchor_sizes=[8,16,32,64,128]",
+    "trainer.schedule.iters=6",
+    "trainer.schedule.warmup_iters=2",
+    "trainer.schedule.batch_size=2",
+    "trainer.finetune_iters=4",
+    "al.initial=4",
+    "al.budget=4",
+    "al.rounds=2",
+    "logger=files",
+    "~logger.console",
+    "progress=false",
+    "device=cpu",
+]
+
+
+def make_cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=[f"paths.cache_dir={tmp_path / 'cache'}", *FAST, *overrides])
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    return lambda *o: make_cfg(tmp_path, *o)
+
+
+@pytest.fixture
+def tiny_coco() -> Path:
+    if not (TINY_COCO / "annotations" / "instances_train2017.json").is_file():
+        pytest.skip(f"tiny_coco not found at {TINY_COCO}")
+    return TINY_COCO
