@@ -9,13 +9,12 @@ makes exactly the selections an uninterrupted run makes.
 
 from __future__ import annotations
 
+import copy
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from alseg.annotation.budget import Budget
@@ -30,6 +29,7 @@ from alseg.engine.evaluate import evaluate
 from alseg.engine.state import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
 from alseg.errors import ConfigError
+from alseg.instantiate import build
 from alseg.strategies.base import SelectionContext, Strategy
 from alseg.writers.base import WriterGroup
 
@@ -94,7 +94,7 @@ class ActiveLearningLoop:
 
     # ---------------------------------------------------------------- setup
     def _build_data(self) -> DataSplits:
-        data: DataSplits = instantiate(self.cfg.dataset, _convert_="all")
+        data: DataSplits = build(self.cfg.dataset, "dataset")
         n = len(data.train.images)
         init = self.cfg.al.initial
         if isinstance(init, float) and 0 < init < 1:
@@ -115,14 +115,16 @@ class ActiveLearningLoop:
         return data
 
     def _build_model(self, num_classes: int):
-        torch.manual_seed(self.seed)
-        model = instantiate(self.cfg.model, num_classes=num_classes, _convert_="all")
-        return model.to(self.device)
+        """A fresh copy of the initial model (built once, from the seed: the same on resume)."""
+        if getattr(self, "_initial_model", None) is None:
+            torch.manual_seed(self.seed)
+            self._initial_model = build(self.cfg.model, "model", num_classes=num_classes).to(self.device)
+        return copy.deepcopy(self._initial_model)
 
-    def _strategy(self, node) -> Strategy:
-        s = instantiate(node, _convert_="all")
+    def _strategy(self, node, what: str) -> Strategy:
+        s = build(node, what)
         if not isinstance(s, Strategy):
-            raise ConfigError(f"strategy: {node.get('_target_')} is not an alseg Strategy")
+            raise ConfigError(f"{what}: {node.get('_target_')} is not an alseg Strategy")
         return s
 
     # ---------------------------------------------------------------- state
@@ -159,8 +161,10 @@ class ActiveLearningLoop:
     def run(self) -> list[dict]:
         config = OmegaConf.to_container(self.cfg, resolve=True)
         data = self._build_data()  # all validation happens before the run folder is touched
-        strategy = self._strategy(self.cfg.strategy)
-        initial_strategy = self._strategy(self.cfg.al.initial_strategy)
+        strategy = self._strategy(self.cfg.strategy, "strategy")
+        initial_strategy = self._strategy(self.cfg.al.initial_strategy, "al.initial_strategy")
+        self._build_model(data.train.num_classes)
+        writers = WriterGroup(list(build(self.cfg.logger, "logger").values()) if self.cfg.logger else [])
         state = self._load_or_create_state(config)
         state["config"] = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +178,6 @@ class ActiveLearningLoop:
 
         oracle = Oracle(data.train, self.costs)
         ledger = Ledger(state["ledger"])
-        writers = WriterGroup(list(instantiate(self.cfg.logger, _convert_="all").values()) if self.cfg.logger else [])
         writers.open(self.run_dir, config, state["records"])
         model = None
         try:
