@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ CONFIG_DIR = str(_here / "configs" if (_here / "configs").is_dir() else _here.pa
 def run_dir_of(cfg: DictConfig) -> Path:
     name = cfg.get("run_name") or HydraConfig.get().job.override_dirname or "default"
     name = name.replace("/", "_")
+    if len(name) > 120:  # file systems limit names to 255 bytes; keep it readable and unique
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
     return Path(cfg.paths.runs) / str(cfg.experiment_name) / name
 
 

@@ -1,0 +1,1 @@
+"""Command-line tools around run folders and datasets: compare runs, dataset EDA, prediction pictures."""

@@ -1,0 +1,468 @@
+"""alseg-compare: compare active-learning runs (strategies x seeds) round by round.
+
+    alseg-compare runs/my_experiment [more run folders or parents ...]
+                  [--metric mask_AP --metric box_AP50] [--group-by strategy,dataset.name] [--out DIR]
+
+Every folder holding a ``results.jsonl`` under the given paths is a run. Runs are grouped by
+strategy (``strategy`` of the result records, else ``strategy.name`` of ``config.yaml``) or by the
+``--group-by`` keys (dotted keys of ``config.yaml``, else of the records). Per group and round the
+table gives the mean labeled images and annotation hours and ``mean ± std`` of each metric over the
+group's runs (seeds); std is the population std (numpy, ddof=0), as in ``alseg.plots``. A round is
+aggregated only where every run of its group has it; incomplete runs are listed under the table.
+Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images and hours)
+to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from alseg.errors import AlsegError
+
+PROG = "alseg-compare"
+DEFAULT_METRICS = ("mask_AP", "mask_AP50", "box_AP")
+X_KEYS = ("labeled_images", "hours")
+MISSING = "?"
+
+
+class CompareError(AlsegError):
+    """Bad input to alseg-compare."""
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _show(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory where possible."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _ranges(rounds: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, rs = [], sorted(rounds)
+    i = 0
+    while i < len(rs):
+        j = i
+        while j + 1 < len(rs) and rs[j + 1] == rs[j] + 1:
+            j += 1
+        out.append(str(rs[i]) if i == j else f"{rs[i]}-{rs[j]}")
+        i = j + 1
+    return ", ".join(out) or "none"
+
+
+# --------------------------------------------------------------------------- reading runs
+@dataclass
+class Run:
+    path: Path  # the run folder
+    results: Path
+    records: list[dict]  # sorted by round, one per round
+    lines: dict[int, int]  # round -> line number in results.jsonl
+    notes: list[str] = field(default_factory=list)
+    _config: dict | None = None
+    _config_read: bool = False
+
+    @property
+    def name(self) -> str:
+        return _show(self.path)
+
+    @property
+    def rounds(self) -> list[int]:
+        return [r["round"] for r in self.records]
+
+    def record(self, k: int) -> dict:
+        return next(r for r in self.records if r["round"] == k)
+
+    def config(self) -> dict | None:
+        """config.yaml as a plain dict (None where the run has none)."""
+        if not self._config_read:
+            self._config_read = True
+            path = self.path / "config.yaml"
+            if path.is_file():
+                from omegaconf import OmegaConf
+
+                try:
+                    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+                except Exception as e:  # yaml / omegaconf parse errors
+                    msg = " ".join(str(e).split())
+                    raise CompareError(f"{path}: not a valid config.yaml ({msg})") from None
+                self._config = cfg if isinstance(cfg, dict) else None
+        return self._config
+
+    def config_value(self, key: str) -> Any:
+        node: Any = self.config()
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def record_value(self, key: str) -> Any:
+        values = [r[key] for r in self.records if key in r]
+        return values[0] if values else None
+
+    def value(self, key: str) -> Any:
+        """A grouping key: for 'strategy' the records first, else config.yaml first."""
+        if key == "strategy":
+            v = self.record_value("strategy")
+            return v if v is not None else self.config_value("strategy.name")
+        v = self.config_value(key)
+        return v if v is not None else self.record_value(key)
+
+    def expected_rounds(self) -> int | None:
+        """al.rounds + 1 (the initial round) from config.yaml, when known."""
+        r = self.config_value("al.rounds")
+        return r + 1 if isinstance(r, int) and not isinstance(r, bool) else None
+
+
+def find_results(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Every results.jsonl under the given run folders / parents (or given directly)."""
+    found: dict[Path, Path] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise CompareError(f"{p}: no such file or directory")
+        if p.is_file():
+            if p.name != "results.jsonl":
+                raise CompareError(f"{p}: not a run folder (expected a folder holding results.jsonl)")
+            hits = [p]
+        else:
+            try:
+                hits = sorted(q for q in p.rglob("results.jsonl") if q.is_file())
+            except OSError as e:
+                raise CompareError(f"{p}: cannot be searched ({e})") from None
+            if not hits:
+                raise CompareError(f"{p}: no run folder (no results.jsonl) found under it")
+        for h in hits:
+            found.setdefault(h.resolve(), h)
+    return sorted(found.values())
+
+
+def read_results(path: Path) -> Run:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CompareError(f"{path}: cannot be read ({e})") from None
+    by_round: dict[int, dict] = {}
+    lines: dict[int, int] = {}
+    notes = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CompareError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise CompareError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        k = rec.get("round")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise CompareError(f"{where}: needs an integer 'round' >= 0, got {k!r}")
+        for key in X_KEYS:
+            if key in rec and not _is_number(rec[key]):
+                raise CompareError(f"{where}: '{key}' must be a number, got {rec[key]!r}")
+        if k in by_round:
+            notes.append(f"{_show(path)}: round {k} appears on lines {lines[k]} and {n}; line {n} is used")
+        by_round[k] = rec
+        lines[k] = n
+    records = [by_round[k] for k in sorted(by_round)]
+    return Run(path.parent, path, records, lines, notes)
+
+
+# --------------------------------------------------------------------------- aggregation
+@dataclass
+class Row:
+    group: str
+    round: int
+    n: int
+    labeled_images: tuple[float, float] | None  # mean, std
+    hours: tuple[float, float] | None
+    metrics: dict[str, tuple[float, float] | None]
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[Run]
+    rows: list[Row] = field(default_factory=list)
+    plot_rounds: list[int] = field(default_factory=list)
+
+
+def _mean_std(runs: list[Run], k: int, key: str) -> tuple[float, float] | None:
+    """Mean and population std over runs of one round's value; None unless every run has it."""
+    vals = []
+    for run in runs:
+        rec = run.record(k)
+        if key not in rec:
+            return None
+        v = rec[key]
+        if not _is_number(v):
+            raise CompareError(f"{run.results}, line {run.lines[k]}: '{key}' must be a number, got {v!r}")
+        vals.append(float(v))
+    a = np.asarray(vals, dtype=float)
+    return float(a.mean()), float(a.std())  # ddof=0, as alseg.plots.mean_std_by_round
+
+
+def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[str, list[Run]]:
+    labels: dict[int, str] = {}  # id(run) -> label
+    found_any = {k: False for k in keys}
+    for run in runs:
+        parts = []
+        for key in keys:
+            v = run.value(key)
+            if v is None:
+                parts.append(MISSING)
+                notes.append(f"{run.name}: no '{key}' in config.yaml or results.jsonl; grouped under '{MISSING}'")
+            else:
+                found_any[key] = True
+                parts.append(str(v))
+        labels[id(run)] = " / ".join(parts)
+    missing = [k for k, ok in found_any.items() if not ok]
+    if missing:
+        raise CompareError(f"--group-by {missing[0]}: not found in any run's config.yaml or results.jsonl")
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(labels[id(run)], []).append(run)
+    return dict(sorted(groups.items()))
+
+
+def aggregate(label: str, runs: list[Run], metrics: Sequence[str], keys: Sequence[str], notes: list[str]) -> Group:
+    g = Group(label, runs)
+    sets = [set(r.rounds) for r in runs]
+    common = sorted(set.intersection(*sets))
+    union = set.union(*sets)
+    expected = [r.expected_rounds() for r in runs]
+    target = max([max(union) + 1] + [e for e in expected if e])
+    for run in runs:
+        missing = sorted(set(range(target)) - set(run.rounds))
+        if missing:
+            notes.append(f"incomplete run {run.name} ({label}): has rounds {_ranges(run.rounds)}, "
+                         f"lacks {_ranges(missing)}")
+    dropped = sorted(union - set(common))
+    if dropped:
+        notes.append(f"group {label}: round(s) {_ranges(dropped)} not aggregated (not in all {len(runs)} runs)")
+    # Seeds: a seed counted twice usually means the same run was found twice (e.g. copied folders).
+    seeds = [r.value("seed") for r in runs]
+    dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1}, key=str)
+    if dup:
+        notes.append(f"group {label}: seed(s) {', '.join(map(str, dup))} appear in more than one run")
+    for key in ("experiment_name", "dataset.name"):
+        if key in keys:
+            continue
+        vals = sorted({str(v) for v in (r.value(key) for r in runs) if v is not None})
+        if len(vals) > 1:
+            notes.append(f"group {label} mixes {key} values {', '.join(vals)} "
+                         f"(add --group-by {','.join([*keys, key])} to separate them)")
+    for k in common:
+        row = Row(label, k, len(runs), _mean_std(runs, k, "labeled_images"), _mean_std(runs, k, "hours"),
+                  {m: _mean_std(runs, k, m) for m in metrics})
+        g.rows.append(row)
+        partial = [m for m in metrics if row.metrics[m] is None and any(m in r.record(k) for r in runs)]
+        if partial:
+            notes.append(f"group {label}, round {k}: {', '.join(partial)} missing in some runs; not aggregated")
+        present = [m for m in metrics if any(m in r.record(k) for r in runs)]
+        if row.labeled_images and row.hours and not partial and present:
+            g.plot_rounds.append(k)
+    return g
+
+
+# --------------------------------------------------------------------------- output
+def _fmt_ms(ms: tuple[float, float] | None, n: int, digits: int = 3) -> str:
+    if ms is None:
+        return "-"
+    mean, std = ms
+    if n == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _fmt_count(ms: tuple[float, float] | None) -> str:
+    if ms is None:
+        return "-"
+    mean, std = ms
+    if std == 0 and float(mean).is_integer():
+        return str(int(mean))
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def table_rows(groups: list[Group], metrics: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["round", "labeled images", "hours", *metrics, "n seeds"]
+    rows = []
+    for g in groups:
+        for r in g.rows:
+            rows.append([g.label, str(r.round), _fmt_count(r.labeled_images),
+                         "-" if r.hours is None else f"{r.hours[0]:.2f}",
+                         *(_fmt_ms(r.metrics[m], r.n) for m in metrics), str(r.n)])
+    return header, rows
+
+
+def to_csv(groups: list[Group], metrics: Sequence[str], group_header: str) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([group_header, "round", "n_seeds", "labeled_images", "labeled_images_std", "hours", "hours_std",
+                *(c for m in metrics for c in (f"{m}_mean", f"{m}_std"))])
+
+    def cells(ms, n):
+        if ms is None:
+            return ["", ""]
+        return [f"{ms[0]:.10g}", f"{ms[1]:.10g}" if n > 1 else ""]
+
+    for g in groups:
+        for r in g.rows:
+            w.writerow([g.label, r.round, r.n, *cells(r.labeled_images, r.n), *cells(r.hours, r.n),
+                        *(c for m in metrics for c in cells(r.metrics[m], r.n))])
+    return buf.getvalue()
+
+
+def to_markdown(groups: list[Group], metrics: Sequence[str], group_header: str, notes: list[str]) -> str:
+    header, rows = table_rows(groups, metrics)
+    header = [group_header, *header]
+
+    def line(cells):
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [line(header), "|" + "|".join("---" if i == 0 else "--:" for i in range(len(header))) + "|"]
+    out += [line(r) for r in rows]
+    out.append("")
+    out.append("Metrics: mean ± std over the runs (seeds) of each group; std is the population std (ddof=0). "
+               "Labeled images and hours: mean.")
+    if notes:
+        out.append("")
+        out.append("Notes:")
+        out.append("")
+        out += [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def print_table(groups: list[Group], metrics: Sequence[str], group_header: str, notes: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = table_rows(groups, metrics)
+    table = Table(title="alseg-compare (mean ± std over seeds)")
+    table.add_column(group_header, justify="left")
+    for h in header:
+        table.add_column(h, justify="right", no_wrap=h in metrics)
+    prev = None
+    for g_label, *cells in rows:
+        if prev is not None and g_label != prev:
+            table.add_section()
+        table.add_row(g_label if g_label != prev else "", *cells)
+        prev = g_label
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(table)
+    for n in notes:
+        console.print(f"note: {n}", highlight=False, markup=False)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CompareError(f"{path}: cannot be written ({e})") from None
+
+
+def _split(values: list[str] | None, default: Sequence[str]) -> list[str]:
+    out = [v.strip() for item in (values or []) for v in item.split(",") if v.strip()]
+    return list(dict.fromkeys(out)) or list(default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example: alseg-compare runs/coco4 --metric mask_AP --out reports/coco4")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_PARENT",
+                   help="run folders, or folders searched recursively for run folders (results.jsonl)")
+    p.add_argument("--metric", action="append", metavar="KEY",
+                   help=f"result key(s) to compare; repeat or comma-separate (default: {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--group-by", action="append", metavar="KEY",
+                   help="group runs by these keys (config.yaml dotted keys, e.g. dataset.name); repeat or "
+                        "comma-separate (default: strategy)")
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
+                   help="folder for compare.csv/.md/.png (default: .)")
+    return p
+
+
+def compare(paths: Sequence[str | os.PathLike], metrics: Sequence[str] = DEFAULT_METRICS,
+            group_by: Sequence[str] = ("strategy",), out: str | os.PathLike = ".", show: bool = True) -> list[Group]:
+    """Read, group, aggregate; write compare.csv, compare.md, compare.png to ``out``."""
+    out = Path(out)
+    notes: list[str] = []
+    runs = []
+    for res in find_results(paths):
+        run = read_results(res)
+        notes += run.notes
+        if not run.records:
+            notes.append(f"{run.name}: results.jsonl has no rounds yet; skipped")
+            continue
+        runs.append(run)
+    if not runs:
+        raise CompareError(f"{', '.join(map(str, paths))}: no run with any finished round (results.jsonl all empty)")
+    available = sorted({k for r in runs for rec in r.records for k, v in rec.items() if _is_number(v)})
+    unknown = [m for m in metrics if not any(m in rec for r in runs for rec in r.records)]
+    if unknown:
+        raise CompareError(f"--metric {unknown[0]}: in no results.jsonl; available: {', '.join(available)}")
+    group_header = " / ".join(group_by)
+    grouped = group_runs(runs, group_by, notes)
+    groups = [aggregate(label, rs, metrics, group_by, notes) for label, rs in grouped.items()]
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CompareError(f"{out}: cannot create output folder ({e})") from None
+    _write_text(out / "compare.csv", to_csv(groups, metrics, group_header))
+    _write_text(out / "compare.md", to_markdown(groups, metrics, group_header, notes))
+
+    from alseg.plots import plot_ap_vs_cost
+
+    plot_groups = {}
+    for g in groups:
+        keep = set(g.plot_rounds)
+        if keep:
+            plot_groups[g.label] = [[r for r in run.records if r["round"] in keep] for run in g.runs]
+    try:
+        plot_ap_vs_cost(plot_groups, out / "compare.png", metrics=tuple(metrics))
+    except OSError as e:
+        raise CompareError(f"{out / 'compare.png'}: cannot be written ({e})") from None
+
+    if show:
+        print_table(groups, metrics, group_header, notes)
+        n_runs = sum(len(g.runs) for g in groups)
+        print(f"{n_runs} run(s) in {len(groups)} group(s); wrote {out / 'compare.csv'}, {out / 'compare.md'}, "
+              f"{out / 'compare.png'}")
+    return groups
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    metrics = _split(args.metric, DEFAULT_METRICS)
+    group_by = _split(args.group_by, ("strategy",))
+    try:
+        compare(args.paths, metrics, group_by, args.out)
+    except AlsegError as e:
+        msg = " ".join(str(e).split())  # one line, always
+        parser.exit(2, f"{PROG}: error: {msg}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Exploratory look at a COCO annotation file: instances and images per class, instance sizes.
+
+    python tools/eda.py --ann instances_train2017.json [--classes person cat dog car] --out counts.png
+
+Prints a table (instances, images holding the class, small / medium / large instances by the COCO
+area thresholds 32² and 96²) and saves a bar plot of instances per class, each bar split by size.
+Crowd regions are not instances (as in training) and are counted apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from alseg.data.coco import CocoDataset, load_json
+from alseg.errors import AlsegError, DataError
+
+PROG = "eda"
+SMALL_MAX = 32**2  # COCO: small < 32², medium < 96², large otherwise (area of the mask, pixels)
+MEDIUM_MAX = 96**2
+SIZES = ("small", "medium", "large")
+
+
+def size_bin(area: float) -> str:
+    if area < SMALL_MAX:
+        return "small"
+    if area < MEDIUM_MAX:
+        return "medium"
+    return "large"
+
+
+@dataclass
+class ClassStats:
+    instances: int = 0
+    images: int = 0
+    sizes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIZES, 0))
+
+
+@dataclass
+class DatasetStats:
+    source: str
+    num_images: int
+    empty_images: int  # images with no instance of the chosen classes
+    crowd: int  # crowd regions of the chosen classes (not instances)
+    per_class: dict[str, ClassStats]
+    skipped: dict[str, int]
+
+    @property
+    def num_instances(self) -> int:
+        return sum(c.instances for c in self.per_class.values())
+
+    def sizes(self) -> dict[str, int]:
+        return {s: sum(c.sizes[s] for c in self.per_class.values()) for s in SIZES}
+
+    def counts(self) -> dict[str, int]:
+        return {n: c.instances for n, c in self.per_class.items()}
+
+    def images_per_class(self) -> dict[str, int]:
+        return {n: c.images for n, c in self.per_class.items()}
+
+
+def dataset_stats(ds: CocoDataset) -> DatasetStats:
+    """Instances, images and size bins per class of a CocoDataset (non-crowd instances)."""
+    per_class = {n: ClassStats() for n in ds.class_names}
+    empty = 0
+    for rec in ds.images:
+        if not rec.instances:
+            empty += 1
+        seen = set()
+        for inst in rec.instances:
+            name = ds.class_names[inst.label - 1]
+            st = per_class[name]
+            st.instances += 1
+            st.sizes[size_bin(inst.area)] += 1
+            seen.add(name)
+        for name in seen:
+            per_class[name].images += 1
+    ids = set(ds.by_id)
+    crowd = sum(1 for a in ds._raw["annotations"]
+                if a.get("iscrowd", 0) and a.get("image_id") in ids and a.get("category_id") in ds.cat_id_to_label)
+    return DatasetStats(ds.source, len(ds.images), empty, crowd, per_class, dict(ds.skipped))
+
+
+def load_stats(ann: str | Path, classes: Sequence[str] | None = None, strict: bool = False) -> DatasetStats:
+    """Stats of a COCO JSON file. Images are not opened; invalid annotations are skipped (and counted)
+    unless ``strict``."""
+    ann = Path(ann)
+    ds = CocoDataset(load_json(ann), ann.parent, source=str(ann), class_names=list(classes) if classes else None,
+                     invalid_annotations="error" if strict else "skip", check_images=False)
+    return dataset_stats(ds)
+
+
+def print_stats(stats: DatasetStats, order: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{Path(stats.source).name}: {stats.num_images} images, {stats.num_instances} instances")
+    for h in ("class", "instances", "images", "small", "medium", "large"):
+        table.add_column(h, justify="left" if h == "class" else "right")
+    for name in order:
+        c = stats.per_class[name]
+        table.add_row(name, str(c.instances), str(c.images), *(str(c.sizes[s]) for s in SIZES))
+    tot = stats.sizes()
+    table.add_section()
+    table.add_row("all", str(stats.num_instances), str(stats.num_images - stats.empty_images),
+                  *(str(tot[s]) for s in SIZES))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(table)
+    n = max(stats.num_instances, 1)
+    print("instance sizes (COCO area thresholds 32², 96²): "
+          + ", ".join(f"{s} {tot[s]} ({100 * tot[s] / n:.1f}%)" for s in SIZES))
+    print(f"images without any instance of these classes: {stats.empty_images}; crowd regions (not counted): "
+          f"{stats.crowd}")
+    if stats.skipped:
+        print("skipped invalid annotations: " + ", ".join(f"{k}: {v}" for k, v in stats.skipped.items()))
+
+
+def plot_counts(stats: DatasetStats, order: list[str], path: str | Path, title: str | None = None) -> Path:
+    """Bar plot of instances per class, each bar stacked small / medium / large, count on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    k = len(order)
+    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.22 * k + 2), 20), 4.5))
+    x = np.arange(k)
+    bottom = np.zeros(k)
+    colors = {"small": "#9ecae1", "medium": "#4292c6", "large": "#08519c"}
+    for s in SIZES:
+        v = np.array([stats.per_class[n].sizes[s] for n in order], float)
+        ax.bar(x, v, bottom=bottom, color=colors[s], label=f"{s}", width=0.8)
+        bottom += v
+    if k <= 40:
+        for xi, tot in zip(x, bottom):
+            ax.text(xi, tot, str(int(tot)), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(order, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center", fontsize=8)
+    ax.set_ylabel("instances")
+    ax.set_title(title or f"{Path(stats.source).name}: {stats.num_instances} instances in "
+                          f"{stats.num_images - stats.empty_images} of {stats.num_images} images")
+    ax.legend(title="size (COCO)", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.1)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    except (OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot be written ({e})") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ann", required=True, type=Path, help="COCO instances JSON")
+    p.add_argument("--classes", nargs="+", metavar="NAME", help="only these classes (default: all)")
+    p.add_argument("--out", type=Path, default=Path("counts.png"), help="bar plot PNG (default: counts.png)")
+    p.add_argument("--sort", choices=("count", "name", "id"), default="count",
+                   help="class order: most instances first (default), by name, or by category id")
+    p.add_argument("--strict", action="store_true", help="fail on an invalid annotation instead of skipping it")
+    args = p.parse_args(argv)
+    try:
+        stats = load_stats(args.ann, args.classes, strict=args.strict)
+        order = list(stats.per_class)  # category id order
+        if args.sort == "count":
+            order.sort(key=lambda n: -stats.per_class[n].instances)
+        elif args.sort == "name":
+            order.sort()
+        print_stats(stats, order)
+        plot_counts(stats, order, args.out)
+    except AlsegError as e:
+        p.exit(2, f"{PROG}: error: {' '.join(str(e).split())}\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Pictures of a run's predictions: ground truth and predicted masks side by side, for some images.
+
+    python tools/visualize.py runs/exp/run_name [--round K] [--num-images 6] [--score-threshold 0.5]
+                              [--image-ids 139 285] [--split val] [--device auto] [--out grid.png]
+
+The model is rebuilt from the run's ``config.yaml`` and loaded from ``round_XXX/model.pt`` (default:
+the last round with a checkpoint); the images come from the run's dataset config (val split).
+Without ``--out`` the grid is saved as ``round_XXX/predictions.png`` in the run folder.
+
+``draw_instances`` (OpenCV: semi-transparent fill, contour, class label) is reusable on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from alseg.errors import AlsegError, ConfigError, DataError
+from alseg.instantiate import build
+
+PROG = "visualize"
+
+# Distinct colours (RGB, tab10 then tab20's lighter half); class k (1-based) gets PALETTE[(k - 1) % n],
+# so a class has the same colour in the ground truth and the prediction panel.
+PALETTE = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+)
+
+
+def color_for(label: int) -> tuple[int, int, int]:
+    return PALETTE[(int(label) - 1) % len(PALETTE)]
+
+
+def class_name(label: int, class_names: Sequence[str]) -> str:
+    """Labels are 1-based (0 is background), as CocoDataset and the model use them."""
+    return class_names[label - 1] if 1 <= label <= len(class_names) else str(label)
+
+
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"draw_instances: expected an RGB image (H, W, 3), got shape {img.shape}")
+    img = img[:, :, :3]
+    if img.dtype != np.uint8:
+        img = img.astype(np.float64)
+        if img.size and img.max() <= 1.0:
+            img = img * 255.0
+        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img).copy()
+
+
+def draw_instances(image_rgb: np.ndarray, masks: np.ndarray | None, labels: Sequence[int], class_names: Sequence[str],
+                   boxes: np.ndarray | None = None, scores: Sequence[float] | None = None, alpha: float = 0.5,
+                   thickness: int | None = None, font_scale: float | None = None) -> np.ndarray:
+    """A copy of ``image_rgb`` (H, W, 3; uint8, or float in [0, 1]) with instances drawn on it.
+
+    masks: (n, H, W) bool/uint8 or None; labels: n 1-based class labels (name = class_names[label - 1]);
+    boxes: optional (n, 4) xyxy, drawn as rectangles; scores: optional, appended to the label text.
+    Each instance gets a semi-transparent fill and a contour in its class colour and a text label at
+    the top-left of its box (or of its mask). Returns a new uint8 RGB array; the input is unchanged.
+    """
+    out = _as_rgb_uint8(image_rgb)
+    h, w = out.shape[:2]
+    labels = [int(v) for v in np.asarray(labels).reshape(-1)]
+    n = len(labels)
+    if masks is not None:
+        masks = np.asarray(masks)
+        if masks.ndim == 2 and n == 1:
+            masks = masks[None]
+        if masks.shape != (n, h, w):
+            raise ValueError(f"draw_instances: masks of shape {masks.shape} for {n} labels on a {h}x{w} image")
+    if boxes is not None:
+        boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        if len(boxes) != n:
+            raise ValueError(f"draw_instances: {len(boxes)} boxes for {n} labels")
+    if scores is not None and len(scores) != n:
+        raise ValueError(f"draw_instances: {len(scores)} scores for {n} labels")
+    thickness = thickness or max(1, round(min(h, w) / 250))
+    font_scale = font_scale or float(np.clip(min(h, w) / 900, 0.3, 1.2))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+
+    anchors: list[tuple[int, int] | None] = [None] * n
+    for i in range(n):
+        color = np.array(color_for(labels[i]), dtype=np.float32)
+        if masks is not None:
+            m = masks[i].astype(bool)
+            if m.any():
+                out[m] = ((1 - alpha) * out[m] + alpha * color).round().astype(np.uint8)
+                contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                # Thickness 1 keeps the contour on the mask's own boundary pixels.
+                cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), 1)
+                ys, xs = np.nonzero(m)
+                anchors[i] = (int(xs.min()), int(ys.min()))
+        if boxes is not None:
+            x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
+            cv2.rectangle(out, (x1, y1), (x2, y2), tuple(int(c) for c in color), thickness)
+            anchors[i] = (x1, y1)
+    # Labels last, so no fill covers them.
+    for i in range(n):
+        if anchors[i] is None:
+            continue
+        text = class_name(labels[i], class_names)
+        if scores is not None:
+            text += f" {float(scores[i]):.2f}"
+        (tw, th), base = cv2.getTextSize(text, font, font_scale, 1)
+        x, y = anchors[i]
+        x = int(np.clip(x, 0, max(0, w - tw - 2)))
+        top = y - th - base - 2 if y - th - base - 2 >= 0 else y  # above the object, else just inside it
+        top = int(np.clip(top, 0, max(0, h - th - base - 2)))
+        color = color_for(labels[i])
+        cv2.rectangle(out, (x, top), (x + tw + 2, top + th + base + 2), color, -1)
+        light = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 150
+        cv2.putText(out, text, (x + 1, top + th + 1), font, font_scale, (0, 0, 0) if light else (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+# --------------------------------------------------------------------------- run folder -> grid
+def checkpoint_rounds(run_dir: Path) -> list[int]:
+    out = []
+    for d in run_dir.glob("round_*"):
+        if (d / "model.pt").is_file() and d.name[6:].isdigit():
+            out.append(int(d.name[6:]))
+    return sorted(out)
+
+
+def load_run(run_dir: str | Path, round_index: int | None = None, device: str = "cpu"):
+    """(config, data splits, model in eval mode, round) of a run folder's checkpoint."""
+    import torch
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise DataError(f"{run_dir}: not a run folder (no config.yaml)")
+    try:
+        cfg = OmegaConf.load(cfg_path)
+    except Exception as e:
+        raise DataError(f"{cfg_path}: cannot be read ({' '.join(str(e).split())})") from None
+    rounds = checkpoint_rounds(run_dir)
+    if round_index is None:
+        if not rounds:
+            raise DataError(f"{run_dir}: no round_XXX/model.pt checkpoint")
+        round_index = rounds[-1]
+    elif round_index not in rounds:
+        raise DataError(f"{run_dir / f'round_{round_index:03d}' / 'model.pt'}: no such checkpoint "
+                        f"(rounds with one: {', '.join(map(str, rounds)) or 'none'})")
+    data = build(cfg.dataset, "dataset")
+    model_cfg = cfg.model.copy()
+    for key in ("weights", "backbone_weights", "checkpoint"):  # the checkpoint below holds every weight
+        if key in model_cfg:
+            model_cfg[key] = None
+    model = build(model_cfg, "model", num_classes=data.train.num_classes)
+    ckpt = run_dir / f"round_{round_index:03d}" / "model.pt"
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+        model.load_state_dict(state)
+    except Exception as e:
+        raise DataError(f"{ckpt}: cannot be loaded into the run's model ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
+    model.to(device).eval()
+    return cfg, data, model, round_index
+
+
+def _enlarge(masks: np.ndarray, f: int) -> np.ndarray:
+    return np.asarray(masks).repeat(f, axis=-2).repeat(f, axis=-1)
+
+
+def render_grid(panels: list[tuple[np.ndarray, np.ndarray]], titles: list[tuple[str, str]], path: str | Path,
+                suptitle: str = "") -> Path:
+    """One row per image: (ground truth, prediction)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(panels)
+    aspect = max(p[0].shape[0] / p[0].shape[1] for p in panels) if panels else 1.0
+    fig, axes = plt.subplots(rows, 2, figsize=(10, max(2.0, 5 * aspect) * rows + 0.6), squeeze=False)
+    for r, ((gt, pred), (t_gt, t_pred)) in enumerate(zip(panels, titles)):
+        for c, (img, t) in enumerate(((gt, t_gt), (pred, t_pred))):
+            axes[r, c].imshow(img)
+            axes[r, c].set_title(t, fontsize=9)
+            axes[r, c].axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    except (OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot be written ({e})") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+def visualize_run(run_dir: str | Path, round_index: int | None = None, num_images: int = 6,
+                  image_ids: Sequence[int] | None = None, score_threshold: float = 0.5, split: str = "val",
+                  device: str = "cpu", out: str | Path | None = None, progress: bool = False,
+                  min_side: int = 320) -> Path:
+    """Draw ground truth | prediction for some images of a run's split; save the grid PNG; return its path."""
+    from alseg.data.torch_dataset import read_image
+    from alseg.engine.evaluate import predict
+
+    run_dir = Path(run_dir)
+    cfg, data, model, k = load_run(run_dir, round_index, device)
+    ds = getattr(data, split)
+    if image_ids:
+        unknown = [i for i in image_ids if i not in ds.by_id]
+        if unknown:
+            raise DataError(f"{ds.source}: image id(s) {unknown} not in the {split} split")
+        ids = list(image_ids)
+    else:
+        ids = ds.image_ids[:num_images]
+    names = ds.class_names
+    panels, titles = [], []
+    for image_id, boxes, scores, labels, masks in predict(model, ds, image_ids=ids, device=device,
+                                                          batch_size=int(cfg.get("eval", {}).get("batch_size", 4)),
+                                                          desc="visualize", progress=progress):
+        rec = ds.by_id[image_id]
+        img = read_image(rec)
+        gt_labels = [i.label for i in rec.instances]
+        keep = scores >= score_threshold
+        pm = masks[keep] if masks is not None else None
+        # Small images (e.g. 64-pixel synthetic ones) are enlarged so the labels stay readable.
+        f = max(1, int(np.ceil(min_side / min(img.shape[:2]))))
+        gt_masks = rec.decode_masks()
+        if f > 1:
+            img = cv2.resize(img, (img.shape[1] * f, img.shape[0] * f), interpolation=cv2.INTER_NEAREST)
+            gt_masks = _enlarge(gt_masks, f)
+            pm = _enlarge(pm, f) if pm is not None else None
+        gt = draw_instances(img, gt_masks, gt_labels, names)
+        pred = draw_instances(img, pm, labels[keep], names, boxes=boxes[keep] * f, scores=scores[keep])
+        panels.append((gt, pred))
+        titles.append((f"image {image_id}: ground truth ({len(gt_labels)})",
+                       f"prediction, score >= {score_threshold:g} ({int(keep.sum())})"))
+    sup = f"{run_dir} - round {k}"
+    metrics_path = run_dir / f"round_{k:03d}" / "metrics.json"
+    try:
+        m = json.loads(metrics_path.read_text())
+        sup += f" - {m.get('labeled_images', '?')} labeled images - mask AP {m['mask_AP']:.3f} (val)"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    out = Path(out) if out else run_dir / f"round_{k:03d}" / "predictions.png"
+    return render_grid(panels, titles, out, sup)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available")
+    return name
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="run folder (runs/<experiment>/<run>)")
+    p.add_argument("--round", type=int, default=None, help="round whose model.pt to use (default: last one)")
+    p.add_argument("--num-images", type=int, default=6, help="images to draw (default: 6, the first by id)")
+    p.add_argument("--image-ids", type=int, nargs="+", help="these images instead")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="predictions drawn from this score (0.5)")
+    p.add_argument("--split", choices=("val", "train"), default="val")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto")
+    p.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/round_XXX/predictions.png)")
+    args = p.parse_args(argv)
+    if args.num_images < 1:
+        p.error("--num-images must be >= 1")
+    try:
+        path = visualize_run(args.run_dir, args.round, args.num_images, args.image_ids, args.score_threshold,
+                             args.split, _device(args.device), args.out)
+    except AlsegError as e:
+        p.exit(2, f"{PROG}: error: {' '.join(str(e).split())}\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""alseg.tools: alseg-compare (aggregation over seeds, outputs, errors), EDA counts, drawing, visualize."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alseg.tools import compare, eda
+from alseg.tools.visualize import draw_instances
+
+# mask_AP per (strategy, seed) and round. Per round, over the two seeds:
+#   random : round 0: 0.2, 0.4 -> mean 0.3, std 0.1;  round 1: 0.3, 0.5 -> 0.4, 0.1;  round 2: 0.4, 0.4 -> 0.4, 0.0
+#   entropy: round 0: 0.1, 0.5 -> mean 0.3, std 0.2;  round 1: 0.6, 0.6 -> 0.6, 0.0;  round 2: only seed 0 (incomplete)
+# std is the population std (numpy's default, ddof=0), as alseg-compare and alseg.plots use.
+MASK_AP = {
+    ("random", 0): [0.2, 0.3, 0.4],
+    ("random", 1): [0.4, 0.5, 0.4],
+    ("entropy", 0): [0.1, 0.6, 0.7],
+    ("entropy", 1): [0.5, 0.6],
+}
+
+
+def write_run(root: Path, strategy: str, seed: int, values: list[float], dataset: str = "synthetic",
+              strategy_in_records: bool = True) -> Path:
+    run = root / "exp" / f"strategy={strategy},seed={seed}"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        f"experiment_name: exp\nseed: {seed}\nstrategy:\n  name: {strategy}\n"
+        f"dataset:\n  name: {dataset}\nal:\n  rounds: 2\n")
+    lines = []
+    for k, v in enumerate(values):
+        rec = {"round": k, "seed": seed, "labeled_images": 10 * (k + 1), "labeled_masks": 30 * (k + 1),
+               "seconds": 3600.0 * (k + 1), "hours": 1.0 * (k + 1), "mask_AP": v, "mask_AP50": 2 * v,
+               "box_AP": v / 2, "mask_AP/cat": v}
+        if strategy_in_records:
+            rec["strategy"] = strategy
+        lines.append(json.dumps(rec))
+    (run / "results.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "round_000").mkdir()
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    for (strategy, seed), values in MASK_AP.items():
+        write_run(root, strategy, seed, values)
+    return root
+
+
+def read_csv(path: Path) -> dict[tuple[str, int], dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    key = next(iter(rows[0]))  # the group column (named after --group-by)
+    return {(r[key], int(r["round"])): r for r in rows}
+
+
+# --------------------------------------------------------------------------- alseg-compare
+def test_compare_mean_std_over_seeds(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert compare.main([str(runs), "--out", str(out)]) == 0
+    rows = read_csv(out / "compare.csv")
+    r0 = rows[("random", 0)]
+    assert r0["n_seeds"] == "2"
+    assert float(r0["mask_AP_mean"]) == pytest.approx(0.3)
+    assert float(r0["mask_AP_std"]) == pytest.approx(0.1)  # population std of 0.2, 0.4
+    assert float(r0["mask_AP50_mean"]) == pytest.approx(0.6)
+    assert float(r0["box_AP_mean"]) == pytest.approx(0.15)
+    assert float(r0["labeled_images"]) == 10 and float(r0["hours"]) == pytest.approx(1.0)
+    assert float(rows[("random", 1)]["mask_AP_mean"]) == pytest.approx(0.4)
+    assert float(rows[("random", 1)]["mask_AP_std"]) == pytest.approx(0.1)
+    assert float(rows[("random", 2)]["mask_AP_std"]) == pytest.approx(0.0)
+    assert float(rows[("entropy", 0)]["mask_AP_mean"]) == pytest.approx(0.3)
+    assert float(rows[("entropy", 0)]["mask_AP_std"]) == pytest.approx(0.2)
+    # Round 2 of entropy is in one seed only: not aggregated, and the incomplete run is reported.
+    assert ("entropy", 2) not in rows
+    assert set(rows) == {("random", 0), ("random", 1), ("random", 2), ("entropy", 0), ("entropy", 1)}
+    md = (out / "compare.md").read_text()
+    assert "0.300 ± 0.100" in md and "incomplete run" in md and "seed=1" in md
+    png = out / "compare.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stdout = capsys.readouterr().out
+    assert "0.300 ± 0.100" in stdout and "incomplete run" in stdout
+
+
+def test_compare_metric_choice_and_run_folders(runs, tmp_path):
+    out = tmp_path / "out"
+    a, b = runs / "exp" / "strategy=random,seed=0", runs / "exp" / "strategy=random,seed=1"
+    assert compare.main([str(a), str(b / "results.jsonl"), "--metric", "mask_AP/cat", "--out", str(out)]) == 0
+    rows = read_csv(out / "compare.csv")
+    assert set(rows) == {("random", 0), ("random", 1), ("random", 2)}
+    assert float(rows[("random", 0)]["mask_AP/cat_mean"]) == pytest.approx(0.3)
+    assert "mask_AP_mean" not in rows[("random", 0)]
+
+
+def test_compare_strategy_from_config_and_group_by(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "random", 0, [0.2], dataset="voc", strategy_in_records=False)
+    write_run(root, "random", 1, [0.4], dataset="voc", strategy_in_records=False)
+    write_run(root, "entropy", 0, [0.8], dataset="coco", strategy_in_records=False)
+    out = tmp_path / "out"
+    assert compare.main([str(root), "--out", str(out)]) == 0  # strategy.name of config.yaml
+    rows = read_csv(out / "compare.csv")
+    assert float(rows[("random", 0)]["mask_AP_mean"]) == pytest.approx(0.3)
+    assert rows[("entropy", 0)]["mask_AP_std"] == ""  # one seed: no std
+    assert compare.main([str(root), "--out", str(out), "--group-by", "dataset.name"]) == 0
+    rows = read_csv(out / "compare.csv")
+    assert set(rows) == {("voc", 0), ("coco", 0)}
+    assert compare.main([str(root), "--out", str(out), "--group-by", "dataset.name,strategy"]) == 0
+    assert set(read_csv(out / "compare.csv")) == {("voc / random", 0), ("coco / entropy", 0)}
+
+
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        compare.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alseg-compare: error: ") and err.count("\n") == 1, err  # one line, no traceback
+    return err
+
+
+def test_compare_malformed_line(runs, tmp_path, capsys):
+    bad = runs / "exp" / "strategy=random,seed=1" / "results.jsonl"
+    with open(bad, "a") as f:
+        f.write('{"round": 3, "mask_AP": \n')
+    err = _error(capsys, [str(runs), "--out", str(tmp_path / "out")])
+    assert str(bad) in err and "line 4" in err
+    bad.write_text('{"round": 0, "mask_AP": 0.1}\n["not", "an", "object"]\n')
+    err = _error(capsys, [str(runs), "--out", str(tmp_path / "out")])
+    assert str(bad) in err and "line 2" in err
+    bad.write_text('{"round": 0, "labeled_images": 4, "hours": 1, "mask_AP": "high"}\n')
+    err = _error(capsys, [str(runs), "--out", str(tmp_path / "out")])
+    assert str(bad) in err and "line 1" in err and "mask_AP" in err
+    assert not (tmp_path / "out" / "compare.csv").exists()
+
+
+def test_compare_bad_paths(tmp_path, capsys):
+    err = _error(capsys, [str(tmp_path / "missing")])
+    assert str(tmp_path / "missing") in err
+    (tmp_path / "empty").mkdir()
+    err = _error(capsys, [str(tmp_path / "empty")])
+    assert "no run folder" in err
+    write_run(tmp_path / "runs", "random", 0, [0.2])
+    err = _error(capsys, [str(tmp_path / "runs"), "--metric", "nope", "--out", str(tmp_path)])
+    assert "nope" in err
+
+
+# --------------------------------------------------------------------------- EDA
+def _square(x, y, s):
+    return [[x, y, x + s, y, x + s, y + s, x, y + s]]
+
+
+def _ann(i, image_id, cat, x, y, s, crowd=0):
+    return {"id": i, "image_id": image_id, "category_id": cat, "segmentation": _square(x, y, s),
+            "bbox": [x, y, s, s], "area": float(s * s), "iscrowd": crowd}
+
+
+@pytest.fixture
+def coco_file(tmp_path) -> Path:
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 300, "height": 300} for i in (1, 2, 3)],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 5, "name": "bird"}],
+        "annotations": [
+            _ann(1, 1, 1, 0, 0, 10),  # cat, small (100 < 32²)
+            _ann(2, 1, 1, 50, 50, 40),  # cat, medium (1600)
+            _ann(3, 2, 1, 0, 0, 100),  # cat, large (10000 >= 96²)
+            _ann(4, 2, 2, 150, 150, 20),  # dog, small
+            _ann(5, 2, 2, 200, 0, 60, crowd=1),  # crowd: not an instance
+        ],  # image 3 and bird: nothing
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_eda_counts(coco_file):
+    st = eda.load_stats(coco_file)
+    assert st.counts() == {"cat": 3, "dog": 1, "bird": 0}
+    assert st.images_per_class() == {"cat": 2, "dog": 1, "bird": 0}
+    assert st.per_class["cat"].sizes == {"small": 1, "medium": 1, "large": 1}
+    assert st.sizes() == {"small": 2, "medium": 1, "large": 1}
+    assert (st.num_images, st.num_instances, st.empty_images, st.crowd) == (3, 4, 1, 1)
+    sub = eda.load_stats(coco_file, ["dog"])
+    assert sub.counts() == {"dog": 1} and sub.crowd == 1 and sub.empty_images == 2
+
+
+def test_eda_main(coco_file, tmp_path, capsys):
+    out = tmp_path / "counts.png"
+    assert eda.main(["--ann", str(coco_file), "--classes", "cat", "dog", "--out", str(out)]) == 0
+    assert out.is_file() and out.stat().st_size > 0
+    text = capsys.readouterr().out
+    assert "cat" in text and "small 2" in text and "medium 1" in text and "large 1" in text
+    with pytest.raises(SystemExit) as e:
+        eda.main(["--ann", str(coco_file), "--classes", "horse", "--out", str(out)])
+    assert e.value.code == 2
+    assert "horse" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- drawing
+def test_draw_instances_changes_mask_pixels_only():
+    img = np.full((100, 120, 3), 128, np.uint8)
+    mask = np.zeros((1, 100, 120), bool)
+    mask[0, 40:70, 50:80] = True
+    out = draw_instances(img, mask, [1], ["cat"])
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (img == 128).all()  # input untouched
+    inside = mask[0].copy()
+    inside[40, :] = inside[69, :] = inside[:, 50] = inside[:, 79] = False  # the contour row/cols
+    assert (out[inside] != img[inside]).any(axis=1).all()
+    far = np.ones((100, 120), bool)
+    far[20:75, 30:85] = False  # the mask, its contour and its label (drawn just above it)
+    assert (out[far] == img[far]).all()
+
+
+def test_draw_instances_boxes_scores_and_empty():
+    img = np.zeros((64, 64, 3), np.float32)  # float images in [0, 1] are accepted
+    masks = np.zeros((2, 64, 64), np.uint8)
+    masks[0, 5:20, 5:20] = 1
+    masks[1, 30:60, 30:60] = 1
+    out = draw_instances(img, masks, [1, 2], ["a", "b"], boxes=np.array([[5, 5, 20, 20], [30, 30, 60, 60]]),
+                         scores=[0.9, 0.6])
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8 and out[45, 45].any()
+    empty = draw_instances(np.full((10, 10, 3), 7, np.uint8), np.zeros((0, 10, 10), bool), [], ["a"])
+    assert (empty == 7).all()
+    with pytest.raises(ValueError):
+        draw_instances(img, masks[:1], [1, 2], ["a", "b"])
+
+
+# --------------------------------------------------------------------------- visualize (untrained model)
+def test_visualize_run(cfg_factory, tmp_path):
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from alseg.tools.visualize import checkpoint_rounds, visualize_run
+
+    cfg = cfg_factory()
+    run = tmp_path / "run"
+    (run / "round_001").mkdir(parents=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    data = instantiate(cfg.dataset, _convert_="all")
+    model = instantiate(cfg.model, num_classes=data.train.num_classes, _convert_="all")
+    torch.save({"model": model.state_dict(), "round": 1}, run / "round_001" / "model.pt")
+    assert checkpoint_rounds(run) == [1]
+    path = visualize_run(run, num_images=2, score_threshold=0.0, out=tmp_path / "grid.png")
+    assert path.is_file() and path.stat().st_size > 0

@@ -1,0 +1,14 @@
+"""Ground truth and predicted masks side by side for some validation images of a run, as a PNG grid.
+
+    python tools/visualize.py runs/<experiment>/<run> [--round K] [--num-images 6] [--score-threshold 0.5]
+                              [--out grid.png]
+
+See alseg.tools.visualize.
+"""
+
+import sys
+
+from alseg.tools.visualize import main
+
+if __name__ == "__main__":
+    sys.exit(main())
