@@ -34,9 +34,15 @@ FAST = [
 ]
 
 
+def fast_overrides(*overrides: str) -> list[str]:
+    """FAST, less its synthetic-dataset keys when another dataset is chosen."""
+    other_dataset = any(o.startswith("dataset=") and o != "dataset=synthetic" for o in overrides)
+    return [o for o in FAST if not (other_dataset and o.startswith("dataset."))]
+
+
 def make_cfg(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=[f"paths.cache_dir={tmp_path / 'cache'}", *FAST, *overrides])
+        return compose("config", overrides=[f"paths.cache_dir={tmp_path / 'cache'}", *fast_overrides(*overrides), *overrides])
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST
+from conftest import fast_overrides
 
 
 def _alseg(tmp_path, *overrides):
     env = {**os.environ, "ALSEG_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
-    fast = [o for o in FAST if not o.startswith("dataset.")] if "dataset=coco" in overrides else FAST
-    cmd = [sys.executable, "-m", "alseg.cli", f"paths.runs={tmp_path / 'runs'}", *fast, *overrides]
+    cmd = [sys.executable, "-m", "alseg.cli", f"paths.runs={tmp_path / 'runs'}", *fast_overrides(*overrides), *overrides]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
