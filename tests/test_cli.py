@@ -15,7 +15,9 @@ from conftest import fast_overrides
 
 def _alseg(tmp_path, *overrides):
     env = {**os.environ, "ALSEG_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "alseg.cli", f"paths.runs={tmp_path / 'runs'}", *fast_overrides(*overrides), *overrides]
+    flags = [o for o in overrides if o.startswith("-")]
+    overrides = [o for o in overrides if not o.startswith("-")]
+    cmd = [sys.executable, "-m", "alseg.cli", *flags, f"paths.runs={tmp_path / 'runs'}", *fast_overrides(*overrides), *overrides]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -112,3 +114,14 @@ def test_unreadable_image_and_nan_loss_are_one_line_errors(tmp_path):
     res = _alseg(tmp_path, "trainer.schedule.lr=1e12", "trainer.schedule.warmup_iters=0", "trainer.schedule.grad_clip=null",
                  "al.rounds=0")
     _assert_one_line_error(res, "non-finite loss")
+
+
+def test_multirun_sweeps_seeds_into_separate_resumable_runs(tmp_path):
+    res = _alseg(tmp_path, "-m", "seed=0,1", "al.rounds=0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted((p for p in (tmp_path / "runs" / "default").iterdir() if p.is_dir()),
+                  key=lambda p: json.loads((p / "results.jsonl").read_text().splitlines()[0])["seed"])
+    assert len(runs) == 2 and [json.loads((r / "state.json").read_text())["seed"] for r in runs] == [0, 1]
+    sel = [json.loads((r / "round_000/selection.json").read_text())["queries"] for r in runs]
+    assert sel[0] != sel[1]  # the seed fixes the selection
+    assert (tmp_path / "runs" / "default" / "multirun.yaml").is_file()
