@@ -42,10 +42,22 @@ def plot_ap_vs_cost(groups: dict[str, list[list[dict]]], path: str | Path, metri
             if groups:
                 ax.legend(fontsize=8)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure atomically (a reader never sees half a PNG) and close it."""
+    from alseg.errors import DataError
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    except (OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot be written ({e})") from None
+    finally:
+        plt.close(fig)
     return path

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from alseg.data.coco import CocoDataset
 from alseg.engine.evaluate import _coco_eval, dice_and_greedy_iou, to_coco_results

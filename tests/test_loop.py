@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from alseg.engine import trainer as trainer_mod
 from alseg.engine.loop import ActiveLearningLoop

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from alseg.data.torch_dataset import TrainingSet
 from alseg.engine.trainer import Trainer, TrainerConfig
 from alseg.errors import ConfigError, TrainingError
 

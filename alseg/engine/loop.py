@@ -21,7 +21,6 @@ from alseg.annotation.budget import Budget
 from alseg.annotation.cost import CostTable
 from alseg.annotation.ledger import Ledger
 from alseg.annotation.oracle import Oracle
-from alseg.annotation.queries import Query
 from alseg.data.build import DataSplits
 from alseg.data.torch_dataset import TrainingSet
 from alseg.data.transforms import build_transforms

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from alseg.data.coco import CocoDataset, load_json
-from alseg.errors import AlsegError, DataError
+from alseg.errors import AlsegError
+from alseg.plots import save_figure
 
 PROG = "eda"
 SMALL_MAX = 32**2  # COCO: small < 32², medium < 96², large otherwise (area of the mask, pixels)
@@ -149,18 +150,7 @@ def plot_counts(stats: DatasetStats, order: list[str], path: str | Path, title: 
     ax.grid(axis="y", alpha=0.3)
     ax.margins(y=0.1)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    try:
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
-    except (OSError, ValueError) as e:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{path}: cannot be written ({e})") from None
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

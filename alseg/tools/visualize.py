@@ -23,6 +23,7 @@ import numpy as np
 
 from alseg.errors import AlsegError, ConfigError, DataError
 from alseg.instantiate import build
+from alseg.plots import save_figure
 
 PROG = "visualize"
 
@@ -196,18 +197,7 @@ def render_grid(panels: list[tuple[np.ndarray, np.ndarray]], titles: list[tuple[
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    try:
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
-    except (OSError, ValueError) as e:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{path}: cannot be written ({e})") from None
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def visualize_run(run_dir: str | Path, round_index: int | None = None, num_images: int = 6,
