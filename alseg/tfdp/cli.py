@@ -1,0 +1,227 @@
+"""``alseg-prune``: training-free dataset pruning (TFDP) of a COCO instance segmentation file.
+
+    alseg-prune --ann instances_train2017.json --variant si_cb_scs --keep 0.5 \\
+        --out kept.json --scores scores.csv [--instance-scores inst.csv]
+
+Writes the kept subset as COCO JSON, a CSV ``image_id,score,kept,rank`` (every image, best first)
+and optionally per-instance scores; prints images per class before/after, problems and timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from alseg.errors import AlsegError, ConfigError
+from alseg.tfdp.scoring import (
+    CONTOURS,
+    CROWD,
+    DEFAULT_VARIANT,
+    INVALID_ANNOTATION,
+    INVALID_IMAGE_SIZE,
+    STATUS_NAMES,
+    UNKNOWN_CATEGORY,
+    UNKNOWN_IMAGE,
+    VARIANTS,
+    ScoreResult,
+    default_cache_dir,
+    kept_count,
+    prune_coco,
+    rank_images,
+    score_file,
+)
+
+PROG = "alseg-prune"
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Training-free dataset pruning (TFDP) by mask shape complexity: keep the images "
+        "whose instances have the most complex shapes.",
+    )
+    p.add_argument("--ann", required=True, help="COCO instances JSON to prune")
+    p.add_argument("--variant", default=DEFAULT_VARIANT, choices=VARIANTS, help="score (default: %(default)s)")
+    sel = p.add_mutually_exclusive_group(required=True)
+    sel.add_argument("--keep", type=_ratio, help="kept ratio in (0, 1]; pruning rate = 1 - keep")
+    sel.add_argument("--count", type=int, help="number of images to keep")
+    p.add_argument("--out", required=True, help="kept subset, COCO JSON")
+    p.add_argument("--scores", required=True, help="image scores CSV: image_id,score,kept,rank")
+    p.add_argument("--instance-scores", help="per-instance CSV: ann_id,image_id,category_id,perimeter,area,score,status")
+    p.add_argument("--contour", default="largest", choices=CONTOURS, help="largest external contour, or all of them summed")
+    p.add_argument("--workers", type=int, default=None, help="scoring processes (default: CPU count)")
+    p.add_argument("--cache-dir", default=None, help=f"score cache (default: {default_cache_dir()})")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _atomic_write(path: Path, write: Callable[[io.TextIOBase], None]) -> None:
+    """Write a text file via a temporary file in the same folder and os.replace."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(v: float) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.10g}"
+
+
+def write_image_scores(path: Path, result: ScoreResult, kept: set[int]) -> None:
+    ranked = rank_images(result)
+    score = result.image_score_map()
+
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(["image_id", "score", "kept", "rank"])
+        for rank, iid in enumerate(ranked, 1):
+            w.writerow([iid, _fmt(score[iid]), int(iid in kept), rank])
+
+    _atomic_write(path, write)
+
+
+def write_instance_scores(path: Path, result: ScoreResult) -> None:
+    s = result.stats
+    rows = np.flatnonzero(s.status != CROWD)
+
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(["ann_id", "image_id", "category_id", "perimeter", "area", "score", "status"])
+        cols = (s.ann_id[rows].tolist(), s.image_id[rows].tolist(), s.category_id[rows].tolist(),
+                s.perimeter[rows].tolist(), s.area[rows].tolist(), result.instance_scores[rows].tolist(),
+                s.status[rows].tolist())
+        for a, i, c, p, ar, sc, st in zip(*cols):
+            w.writerow([a, i, c, _fmt(p), _fmt(ar), _fmt(sc), STATUS_NAMES[st]])
+
+    _atomic_write(path, write)
+
+
+def images_per_class(result: ScoreResult, image_ids: np.ndarray | None = None) -> dict[int, int]:
+    """category id -> number of images holding a (non-crowd) instance of it, among image_ids."""
+    s = result.stats
+    holds = ~np.isin(s.status, (CROWD, INVALID_ANNOTATION, UNKNOWN_IMAGE, INVALID_IMAGE_SIZE, UNKNOWN_CATEGORY))
+    img, cat = s.image_id[holds], s.category_id[holds]
+    if image_ids is not None:
+        sel = np.isin(img, image_ids)
+        img, cat = img[sel], cat[sel]
+    pairs = np.unique(np.stack([cat, img], axis=1), axis=0) if len(img) else np.zeros((0, 2), np.int64)
+    cats, counts = np.unique(pairs[:, 0], return_counts=True)
+    return dict(zip(cats.tolist(), counts.tolist()))
+
+
+def _summary(data: dict, result: ScoreResult, kept: list[int], t_score: float, t_total: float) -> str:
+    n_img = len(result.image_ids)
+    lines = []
+    src = "cache" if result.from_cache else f"{t_score:.2f} s"
+    lines.append(
+        f"scored {result.n_scored} instances ({result.n_crowd} crowd regions skipped) in {n_img} images "
+        f"[variant {result.variant}, contour {result.contour}, {src}]"
+    )
+    pct = 100.0 * len(kept) / n_img if n_img else 0.0
+    lines.append(f"kept {len(kept)} of {n_img} images ({pct:.1f}%, pruning rate {100 - pct:.1f}%)")
+    if result.problems:
+        lines.append("problems: " + ", ".join(f"{k}={v}" for k, v in result.problems.items()))
+    else:
+        lines.append("problems: none")
+    before = images_per_class(result)
+    after = images_per_class(result, np.asarray(kept, dtype=np.int64))
+    names = {c["id"]: str(c.get("name", c["id"])) for c in data.get("categories", []) if isinstance(c, dict) and "id" in c}
+    width = max([len(n) for n in names.values()] + [5])
+    empty = [cid for cid in names if not before.get(cid)]
+    lines.append("images per class (before -> after)"
+                 + (f"; {len(empty)} classes without any image not listed:" if empty else ":"))
+    for cid in sorted(c for c in set(names) | set(before) if before.get(c)):
+        b, a = before.get(cid, 0), after.get(cid, 0)
+        share = f"{100.0 * a / b:5.1f}%" if b else "    -"
+        lines.append(f"  {names.get(cid, str(cid)):<{width}} {b:7d} -> {a:7d}  {share}")
+    lines.append(f"time: scoring {t_score:.2f} s{' (cached)' if result.from_cache else ''}, total {t_total:.2f} s")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    ann, out, scores_csv = Path(args.ann), Path(args.out), Path(args.scores)
+    if args.keep is not None and not (0.0 < args.keep <= 1.0):
+        raise ConfigError(f"--keep must be in (0, 1] (pruning rate = 1 - keep), got {args.keep}")
+    if args.count is not None and args.count < 1:
+        raise ConfigError(f"--count must be >= 1, got {args.count}")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    outputs = [out, scores_csv] + ([Path(args.instance_scores)] if args.instance_scores else [])
+    resolved = [p.resolve() for p in outputs]
+    if ann.resolve() in resolved:
+        raise ConfigError(f"{ann}: refusing to overwrite the input annotation file")
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError("--out, --scores and --instance-scores must be different files")
+
+    t1 = time.perf_counter()
+    data, result = score_file(
+        ann,
+        variant=args.variant,
+        contour=args.contour,
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        progress=not args.no_progress,
+    )
+    t_score = time.perf_counter() - t1
+    k = kept_count(len(result.image_ids), keep=args.keep, count=args.count)
+    kept = rank_images(result)[:k]
+    kept_set = set(kept)
+
+    pruned = prune_coco(data, kept_set)
+    _atomic_write(out, lambda f: json.dump(pruned, f, separators=(",", ":")))
+    write_image_scores(scores_csv, result, kept_set)
+    if args.instance_scores:
+        write_instance_scores(Path(args.instance_scores), result)
+    print(_summary(data, result, kept, t_score, time.perf_counter() - t0))
+    print(f"wrote {out} ({len(pruned['images'])} images, {len(pruned['annotations'])} annotations), {scores_csv}"
+          + (f", {args.instance_scores}" if args.instance_scores else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exits with status 2 and a one-line ``alseg-prune: error: ...`` on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except AlsegError as e:
+        msg = " ".join(str(e).split())  # one line, always
+        parser.exit(2, f"{PROG}: error: {msg}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{PROG}: interrupted\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

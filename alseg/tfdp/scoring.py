@@ -1,0 +1,958 @@
+"""TFDP shape complexity scores: instance statistics, image scores, selection, pruning, cache.
+
+Method (TFDP, "Training-Free Dataset Pruning for Instance Segmentation", arXiv 2503.00828), as the
+reference implementation computes it:
+
+* every non-crowd instance mask is rasterised at the image size (pycocotools, as ``annToMask``),
+  the external contours are traced with ``cv2.findContours(RETR_EXTERNAL, CHAIN_APPROX_NONE)`` and
+  the largest one gives the perimeter ``P = cv2.arcLength(c, True)`` and the area
+  ``A = cv2.contourArea(c)``;
+* ``scs = P / A``; ``si_scs = P / (2 sqrt(pi A))`` (1 for a disc, 4 / (2 sqrt(pi)) ~ 1.128 for a
+  square, larger for thin or ragged shapes);
+* class balance (``cb_*``): each instance score is divided by the sum of the scores of all the
+  instances of its category over the whole dataset;
+* an image scores the sum of its instances' scores; the top-k images are kept.
+
+Choices the paper leaves open, and what this module does:
+
+* **Several contours.** ``contour="largest"`` (the reference) keeps the external contour of largest
+  ``contourArea`` (ties: the longer one); ``contour="all"`` sums P and A over all the external
+  contours of the mask (every separate part counts, zero-area slivers add their perimeter).
+* **Holes** are ignored: ``RETR_EXTERNAL`` returns outer borders only, so a hole neither adds to P
+  nor is subtracted from A.
+* **Multi-part polygons** are merged (union) into one mask before tracing, as ``annToMask`` does.
+  A part with fewer than 3 points has no area: it is dropped and the instance is still scored
+  (status ``degenerate_part``, reported); an instance with no part left is ``degenerate_polygon``.
+* **Contours pass through pixel centres**: a filled ``n x n`` pixel square has a contour of side
+  ``n - 1`` (P = 4(n-1), A = (n-1)^2). The 8-connected chain over-estimates the length of curved or
+  slanted borders (by 8(sqrt 2 - 1)/pi ~ 5.5 % on average over directions), so a rasterised disc
+  scores SI-SCS ~ 1.05, not exactly 1.
+* **Unscorable instances** (no pixel in the image, contour area 0, malformed input) get no score,
+  are left out of the class sums and are counted by reason in ``ScoreResult.problems``; they never
+  stop the run. Crowd regions are not instances: skipped, counted in ``n_crowd``, not a problem.
+* **Images without any scorable instance** score 0 and so are pruned first. Ties between image
+  scores are broken by image id (smaller id first) so that selection is deterministic.
+* **Kept count** for a ratio: ``round(keep * n_images)`` (half up), at least 1.
+
+Speed: a polygon is rasterised only inside its bounding box (+1 px margin, clipped to the image),
+with its coordinates shifted so that pycocotools produces exactly the pixels it would produce on the
+full image (see ``_shift_coords``); an RLE is decoded then cropped to its box before tracing. The
+parent turns annotations into compact numpy chunks (coordinates, offsets, sizes) that a process pool
+scores; a worker never holds more than one mask at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+
+import cv2
+import numpy as np
+from pycocotools import _mask
+
+from alseg.errors import AlsegError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("scs", "si_scs", "cb_scs", "si_cb_scs")
+CONTOURS = ("largest", "all")
+DEFAULT_VARIANT = "si_cb_scs"
+SCORING_VERSION = 1  # bump when the numbers change: old cache files are then never read
+MARGIN = 1  # empty pixels kept around a mask's box in its crop (contours never touch a cut edge)
+
+# Per-annotation status codes (ShapeStats.status).
+OK = 0
+DEGENERATE_PART = 1  # scored; some part(s) with fewer than 3 points were dropped
+CROWD = 2  # not an instance: not scored, not a problem
+INVALID_ANNOTATION = 3  # not a dict, or no integer 'id' / 'image_id' / 'category_id'
+UNKNOWN_IMAGE = 4
+INVALID_IMAGE_SIZE = 5  # its image has no positive integer width/height
+UNKNOWN_CATEGORY = 6
+INVALID_SEGMENTATION = 7  # unsupported type, non-numeric / odd-length / far-out-of-image coords
+DEGENERATE_POLYGON = 8  # no polygon part with 3 points or more
+RLE_SIZE_MISMATCH = 9
+INVALID_RLE = 10  # corrupt counts (do not add up to height * width)
+EMPTY_MASK = 11  # no pixel inside the image
+ZERO_AREA = 12  # pixels, but the contour encloses no area (a line one pixel wide)
+
+STATUS_NAMES = {
+    OK: "ok",
+    DEGENERATE_PART: "degenerate_part",
+    CROWD: "crowd",
+    INVALID_ANNOTATION: "invalid_annotation",
+    UNKNOWN_IMAGE: "unknown_image",
+    INVALID_IMAGE_SIZE: "invalid_image_size",
+    UNKNOWN_CATEGORY: "unknown_category",
+    INVALID_SEGMENTATION: "invalid_segmentation",
+    DEGENERATE_POLYGON: "degenerate_polygon",
+    RLE_SIZE_MISMATCH: "rle_size_mismatch",
+    INVALID_RLE: "invalid_rle",
+    EMPTY_MASK: "empty_mask",
+    ZERO_AREA: "zero_area",
+}
+SCORED_STATUSES = (OK, DEGENERATE_PART)
+
+_MIN_CHUNK = 256
+_MAX_CHUNK = 4096
+_UINT32_MAX = 2**32
+
+
+class ShapeStats(NamedTuple):
+    """One row per input annotation (crowd included, status CROWD), in input order."""
+
+    ann_id: np.ndarray  # int64 (-1 when missing)
+    image_id: np.ndarray  # int64 (-1 when missing)
+    category_id: np.ndarray  # int64 (-1 when missing)
+    perimeter: np.ndarray  # float64, NaN when not measured
+    area: np.ndarray  # float64, NaN when not measured
+    status: np.ndarray  # int8, see STATUS_NAMES
+
+    @property
+    def scored(self) -> np.ndarray:
+        return np.isin(self.status, SCORED_STATUSES)
+
+
+@dataclass
+class ScoreResult:
+    variant: str
+    contour: str
+    stats: ShapeStats
+    instance_scores: np.ndarray  # float64 aligned with stats rows; NaN where not scored
+    image_ids: np.ndarray  # int64, every valid image of the file, in file order
+    image_scores: np.ndarray  # float64 aligned with image_ids (0 for images with nothing scored)
+    problems: dict[str, int] = field(default_factory=dict)  # reason -> count (images and instances)
+    n_crowd: int = 0
+    elapsed_s: float = 0.0
+    from_cache: bool = False
+    worker_cpu_s: float = 0.0  # CPU time spent measuring shapes, all processes together
+    worker_peak_rss_kib: int = 0  # largest own peak RSS of a scoring process, KiB (see _peak_rss_kib)
+
+    @property
+    def n_scored(self) -> int:
+        return int(self.stats.scored.sum())
+
+    @property
+    def n_problems(self) -> int:
+        return int(sum(self.problems.values()))
+
+    def image_score_map(self) -> dict[int, float]:
+        return dict(zip(self.image_ids.tolist(), self.image_scores.tolist()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers
+
+
+def _check_options(variant: str, contour: str) -> None:
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown TFDP variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if contour not in CONTOURS:
+        raise ConfigError(f"unknown contour option {contour!r}; choose one of {', '.join(CONTOURS)}")
+
+
+def _resolve_workers(workers: int | None) -> int:
+    if workers is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    return int(workers)
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int or isinstance(v, np.integer)
+
+
+def _image_size(img: Mapping) -> tuple[int, int] | None:
+    """(height, width) of an image entry, or None when they are not positive integers."""
+    try:
+        h, w = img["height"], img["width"]
+        if isinstance(h, bool) or isinstance(w, bool):
+            return None
+        hi, wi = int(h), int(w)
+        if hi != h or wi != w or hi < 1 or wi < 1:
+            return None
+        return hi, wi
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def _index_images(images: Any, problems: dict[str, int]) -> tuple[list[int], dict[int, tuple[int, int] | None]]:
+    """Image ids in file order and id -> (h, w) (None: unusable size). Bad entries are counted."""
+    ids: list[int] = []
+    sizes: dict[int, tuple[int, int] | None] = {}
+    for img in images:
+        iid = img.get("id") if isinstance(img, dict) else None
+        if not _is_int(iid):
+            problems["invalid_image"] = problems.get("invalid_image", 0) + 1
+            continue
+        iid = int(iid)
+        if iid in sizes:
+            problems["duplicate_image_id"] = problems.get("duplicate_image_id", 0) + 1
+            continue
+        ids.append(iid)
+        sizes[iid] = _image_size(img)
+    return ids, sizes
+
+
+# --------------------------------------------------------------------------------------------------
+# Parent side: annotations -> compact chunks
+
+
+@dataclass
+class _Chunk:
+    start: int
+    local: np.ndarray  # chunk-local indices of the polygon instances to score (int32)
+    coords: np.ndarray  # float64, x0 y0 x1 y1 ... of every kept part, concatenated
+    part_ptr: np.ndarray  # int64, len n_parts + 1: offsets (in values) of the parts in coords
+    inst_ptr: np.ndarray  # int64, len n_poly + 1: offsets of each instance's parts in part_ptr
+    hw: np.ndarray  # int64 (n_poly, 2): image height and width per polygon instance
+    rles: list  # (local index, rle dict, h, w) per RLE instance
+    contour: str
+
+
+def _build_chunks(
+    annotations: Sequence,
+    sizes: Mapping[int, tuple[int, int] | None],
+    category_ids: set | None,
+    contour: str,
+    chunk_size: int,
+    out: dict[str, np.ndarray],
+) -> Iterator[_Chunk]:
+    """Yield compact chunks; fill out['ann_id'|'image_id'|'category_id'|'status'] on the way.
+
+    Lazy: the caller builds the next chunks while workers score the previous ones, and only a few
+    chunks exist at any time.
+    """
+    n = len(annotations)
+    status_out = out["status"]
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        m = stop - start
+        aid_l = [-1] * m
+        iid_l = [-1] * m
+        cid_l = [-1] * m
+        st_l = [OK] * m
+        local: list[int] = []
+        coords: list = []
+        part_ptr = [0]
+        inst_ptr = [0]
+        inst_val_range: list[tuple[int, int]] = []
+        hw: list[tuple[int, int]] = []
+        rles: list = []
+        for k in range(m):
+            ann = annotations[start + k]
+            if type(ann) is not dict:
+                st_l[k] = INVALID_ANNOTATION
+                continue
+            aid = ann.get("id")
+            iid = ann.get("image_id")
+            cid = ann.get("category_id")
+            if not (type(aid) is int and type(iid) is int and type(cid) is int) and not (
+                _is_int(aid) and _is_int(iid) and _is_int(cid)
+            ):
+                st_l[k] = INVALID_ANNOTATION
+                continue
+            aid_l[k] = aid
+            iid_l[k] = iid
+            cid_l[k] = cid
+            if ann.get("iscrowd", 0):
+                st_l[k] = CROWD
+                continue
+            if iid not in sizes:
+                st_l[k] = UNKNOWN_IMAGE
+                continue
+            size = sizes[iid]
+            if size is None:
+                st_l[k] = INVALID_IMAGE_SIZE
+                continue
+            if category_ids is not None and cid not in category_ids:
+                st_l[k] = UNKNOWN_CATEGORY
+                continue
+            seg = ann.get("segmentation")
+            if type(seg) is list:
+                mark_c, mark_p = len(coords), len(part_ptr)
+                n_parts = 0
+                dropped = False
+                for part in seg:
+                    if type(part) is not list or len(part) % 2:
+                        st_l[k] = INVALID_SEGMENTATION
+                        break
+                    if len(part) < 6:
+                        dropped = True
+                        continue
+                    coords.extend(part)
+                    part_ptr.append(len(coords))
+                    n_parts += 1
+                else:
+                    if n_parts == 0:
+                        st_l[k] = DEGENERATE_POLYGON
+                    else:
+                        if dropped:
+                            st_l[k] = DEGENERATE_PART
+                        local.append(k)
+                        inst_ptr.append(len(part_ptr) - 1)
+                        inst_val_range.append((mark_c, len(coords)))
+                        hw.append(size)
+                        continue
+                del coords[mark_c:]
+                del part_ptr[mark_p:]
+            elif type(seg) is dict:
+                rsize = seg.get("size")
+                if "counts" not in seg or not isinstance(rsize, (list, tuple)) or len(rsize) != 2:
+                    st_l[k] = INVALID_SEGMENTATION
+                elif list(rsize) != [size[0], size[1]]:
+                    st_l[k] = RLE_SIZE_MISMATCH
+                else:
+                    rles.append((k, seg, size[0], size[1]))
+            else:
+                st_l[k] = INVALID_SEGMENTATION
+
+        try:
+            coords_arr = np.asarray(coords, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            coords_arr, part_ptr, inst_ptr, local, hw = _repair_chunk(
+                coords, part_ptr, inst_ptr, inst_val_range, local, hw, st_l
+            )
+        del coords
+        out["ann_id"][start:stop] = aid_l
+        out["image_id"][start:stop] = iid_l
+        out["category_id"][start:stop] = cid_l
+        status_out[start:stop] = st_l
+        yield _Chunk(
+            start=start,
+            local=np.asarray(local, dtype=np.int32),
+            coords=coords_arr,
+            part_ptr=np.asarray(part_ptr, dtype=np.int64),
+            inst_ptr=np.asarray(inst_ptr, dtype=np.int64),
+            hw=np.asarray(hw, dtype=np.int64).reshape(-1, 2),
+            rles=rles,
+            contour=contour,
+        )
+
+
+def _repair_chunk(coords, part_ptr, inst_ptr, inst_val_range, local, hw, st_l):
+    """Slow path when some coordinates are not numbers: convert instance by instance."""
+    new_coords: list[np.ndarray] = []
+    new_part_ptr = [0]
+    new_inst_ptr = [0]
+    new_local: list[int] = []
+    new_hw: list = []
+    total = 0
+    for j, k in enumerate(local):
+        a, b = inst_val_range[j]
+        try:
+            arr = np.asarray(coords[a:b], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            st_l[k] = INVALID_SEGMENTATION
+            continue
+        new_coords.append(arr)
+        for p in range(inst_ptr[j], inst_ptr[j + 1]):
+            total += part_ptr[p + 1] - part_ptr[p]
+            new_part_ptr.append(total)
+        new_inst_ptr.append(len(new_part_ptr) - 1)
+        new_local.append(k)
+        new_hw.append(hw[j])
+    arr = np.concatenate(new_coords) if new_coords else np.zeros(0, np.float64)
+    return arr, new_part_ptr, new_inst_ptr, new_local, new_hw
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker side: chunk -> (perimeter, area, status)
+
+
+def _contour_stats(mask: np.ndarray, contour: str) -> tuple[float, float, int]:
+    """P, A and a status from the external contours of a uint8 mask (any orientation)."""
+    cs, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not cs:
+        return math.nan, math.nan, EMPTY_MASK
+    if len(cs) == 1:
+        c = cs[0]
+        p, a = cv2.arcLength(c, True), cv2.contourArea(c)
+    elif contour == "largest":
+        best = max((cv2.contourArea(c), cv2.arcLength(c, True)) for c in cs)
+        a, p = best
+    else:
+        p = a = 0.0
+        for c in cs:
+            p += cv2.arcLength(c, True)
+            a += cv2.contourArea(c)
+    return p, a, (OK if a > 0 else ZERO_AREA)
+
+
+def _shift_coords(v: np.ndarray, origin_per_vertex: np.ndarray) -> np.ndarray:
+    """Coordinates in a crop starting at ``origin`` that rasterise exactly like the originals.
+
+    pycocotools rounds each coordinate to ``(int)(5 * x + .5)`` on a 5x grid; subtracting the origin
+    from ``x`` first would change that rounding for coordinates on a half grid step (COCO's
+    2-decimal values often are). So the grid value is computed as pycocotools does, shifted by the
+    integer ``5 * origin``, and passed back as ``X / 5``, which pycocotools rounds to ``X`` again.
+    Crops at the image's top/left edge (origin 0) keep the original values, negative ones included.
+    """
+    shifted = (np.trunc(v * 5.0 + 0.5) - 5.0 * origin_per_vertex) / 5.0
+    return np.where(origin_per_vertex > 0, shifted, v)
+
+
+def _rle_string_total(counts: bytes) -> int | None:
+    """Sum of the runs of a compressed COCO RLE string (as pycocotools' rleFrString reads it), or
+    None when a run is negative or too large (pycocotools would overflow its buffer)."""
+    runs: list[int] = []
+    total = 0
+    p, n = 0, len(counts)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            if p >= n:
+                return None
+            c = counts[p] - 48
+            if c < 0 or c > 63:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0 or x >= _UINT32_MAX:
+            return None
+        runs.append(x)
+        total += x
+    return total
+
+
+def _rle_stats(seg: dict, h: int, w: int, contour: str) -> tuple[float, float, int]:
+    counts = seg["counts"]
+    if isinstance(counts, list):
+        if not all(_is_int(c) and 0 <= c < _UINT32_MAX for c in counts) or sum(counts) != h * w:
+            return math.nan, math.nan, INVALID_RLE
+        rle = _mask.frUncompressedRLE([{"counts": counts, "size": [h, w]}], h, w)[0]
+    elif isinstance(counts, (str, bytes)):
+        raw = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
+        if _rle_string_total(raw) != h * w:
+            return math.nan, math.nan, INVALID_RLE
+        rle = {"counts": raw, "size": [h, w]}
+    else:
+        return math.nan, math.nan, INVALID_SEGMENTATION
+    x, y, bw, bh = _mask.toBbox([rle])[0]
+    if bw <= 0 or bh <= 0:
+        return math.nan, math.nan, EMPTY_MASK
+    full = _mask.decode([rle])  # (h, w, 1), Fortran order: one full-size mask at a time
+    x0, y0 = max(0, int(x) - MARGIN), max(0, int(y) - MARGIN)
+    x1, y1 = min(w, int(x + bw) + MARGIN), min(h, int(y + bh) + MARGIN)
+    crop = np.ascontiguousarray(full[y0:y1, x0:x1, 0].T)  # transposed: same P and A
+    del full
+    return _contour_stats(crop, contour)
+
+
+def _score_chunk(chunk: _Chunk) -> tuple:
+    """Perimeter, area and status of the instances of a chunk (runs in a worker process), plus the
+    CPU time it took and the process's peak RSS."""
+    cpu0 = time.process_time()
+    n_poly = len(chunk.local)
+    n_rle = len(chunk.rles)
+    idx = np.empty(n_poly + n_rle, dtype=np.int32)
+    per = np.full(n_poly + n_rle, np.nan)
+    area = np.full(n_poly + n_rle, np.nan)
+    st = np.zeros(n_poly + n_rle, dtype=np.int8)
+    idx[:n_poly] = chunk.local
+    contour = chunk.contour
+    with warnings.catch_warnings():
+        # pycocotools' Masks.__array__ predates numpy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if n_poly:
+            _score_polygons(chunk, per, area, st)
+        for j, (k, seg, h, w) in enumerate(chunk.rles):
+            idx[n_poly + j] = k
+            try:
+                per[n_poly + j], area[n_poly + j], st[n_poly + j] = _rle_stats(seg, h, w, contour)
+            except (cv2.error, ValueError, TypeError, OverflowError, UnicodeError):
+                st[n_poly + j] = INVALID_RLE
+    return chunk.start, idx, per, area, st, time.process_time() - cpu0, _peak_rss_kib()
+
+
+def _peak_rss_kib() -> int:
+    """This process's own peak RSS in KiB.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of the process's current memory map.
+    ru_maxrss would not do for a spawned worker: Linux carries it over fork + exec, so it starts at
+    the parent's RSS (the loaded JSON) although the worker never holds that memory.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    except (ImportError, OSError):  # not on every platform
+        return 0
+
+
+def _score_polygons(chunk: _Chunk, per: np.ndarray, area: np.ndarray, st: np.ndarray) -> None:
+    coords, part_ptr, inst_ptr = chunk.coords, chunk.part_ptr, chunk.inst_ptr
+    n_poly = len(inst_ptr) - 1
+    xs, ys = coords[0::2], coords[1::2]
+    vptr = part_ptr // 2
+    v0 = vptr[inst_ptr[:-1]]
+    nv = vptr[inst_ptr[1:]] - v0
+    h, w = chunk.hw[:, 0], chunk.hw[:, 1]
+    finite = np.logical_and.reduceat(np.isfinite(xs) & np.isfinite(ys), v0)
+    xs_f = np.where(np.isfinite(xs), xs, 0.0)
+    ys_f = np.where(np.isfinite(ys), ys, 0.0)
+    minx, maxx = np.minimum.reduceat(xs_f, v0), np.maximum.reduceat(xs_f, v0)
+    miny, maxy = np.minimum.reduceat(ys_f, v0), np.maximum.reduceat(ys_f, v0)
+    # Far-out coordinates would make pycocotools walk (and allocate) absurdly long borders.
+    d = np.maximum(h, w).astype(np.float64)
+    in_range = (minx >= -4 * d) & (miny >= -4 * d) & (maxx <= 5 * d) & (maxy <= 5 * d)
+    valid = finite & in_range
+    ox = np.where(valid, np.maximum(0, np.floor(minx) - MARGIN), 0).astype(np.int64)
+    oy = np.where(valid, np.maximum(0, np.floor(miny) - MARGIN), 0).astype(np.int64)
+    cw = np.where(valid, np.minimum(w, np.ceil(maxx) + MARGIN + 1) - ox, 0).astype(np.int64)
+    ch = np.where(valid, np.minimum(h, np.ceil(maxy) + MARGIN + 1) - oy, 0).astype(np.int64)
+    shifted = np.empty_like(coords)
+    shifted[0::2] = _shift_coords(xs_f, np.repeat(ox, nv))
+    shifted[1::2] = _shift_coords(ys_f, np.repeat(oy, nv))
+
+    fr_poly, merge, decode, stats = _mask.frPoly, _mask.merge, _mask.decode, _contour_stats
+    contour = chunk.contour
+    pp = part_ptr.tolist()
+    ip = inst_ptr.tolist()
+    cwl, chl, validl = cw.tolist(), ch.tolist(), valid.tolist()
+    for j in range(n_poly):
+        if not validl[j]:
+            st[j] = INVALID_SEGMENTATION
+            continue
+        cwj, chj = cwl[j], chl[j]
+        if cwj < 1 or chj < 1:
+            st[j] = EMPTY_MASK
+            continue
+        a, b = ip[j], ip[j + 1]
+        try:
+            if b - a == 1:
+                rles = fr_poly([shifted[pp[a] : pp[a + 1]]], chj, cwj)
+            else:
+                rles = [merge(fr_poly([shifted[pp[q] : pp[q + 1]] for q in range(a, b)], chj, cwj), 0)]
+            m = decode(rles)  # (ch, cw, 1) Fortran order; its transpose is C-contiguous
+            p, ar, s = stats(m[:, :, 0].T, contour)
+        except (cv2.error, ValueError, TypeError, OverflowError, MemoryError):
+            st[j] = INVALID_SEGMENTATION
+            continue
+        per[j], area[j] = p, ar
+        if s != OK:
+            st[j] = s
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+
+
+def _mp_context():
+    """Fresh worker processes ("spawn", ~0.5 s to start): they inherit neither the parent's (large)
+    loaded JSON nor its threads, and they are direct children (RUSAGE_CHILDREN sees them). As with
+    any multiprocessing code, a script calling this must guard its entry point with
+    ``if __name__ == "__main__":``."""
+    return mp.get_context("spawn")
+
+
+def _run_pool(chunks: Iterator[_Chunk], workers: int, collect: Callable[[tuple], None]) -> None:
+    """Score chunks in worker processes, building the next chunks while they work.
+
+    At most ``2 * workers + 1`` chunks are built and not yet collected at any time (bounded memory).
+    A worker that dies (e.g. a spawned child re-running an unguarded script) gives an AlsegError,
+    never a hang.
+    """
+    window = 2 * workers + 1
+    try:
+        with ProcessPoolExecutor(workers, mp_context=_mp_context()) as ex:
+            pending: set = set()
+            try:
+                for chunk in chunks:
+                    pending.add(ex.submit(_score_chunk, chunk))
+                    if len(pending) >= window:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            collect(f.result())
+                for f in as_completed(pending):
+                    collect(f.result())
+            except BaseException:
+                ex.shutdown(wait=True, cancel_futures=True)
+                raise
+    except BrokenProcessPool:
+        raise AlsegError(
+            "a scoring worker process died; if a script runs this with workers > 1, its entry point "
+            "must be guarded by `if __name__ == \"__main__\":` (or use workers=1)"
+        ) from None
+
+
+def _chunk_size(n: int, workers: int) -> int:
+    return int(min(_MAX_CHUNK, max(_MIN_CHUNK, math.ceil(n / max(1, workers * 16)))))
+
+
+def instance_shape_stats(
+    annotations: Sequence,
+    images_by_id: Mapping[int, Any],
+    contour: str = "largest",
+    workers: int | None = None,
+    category_ids: Iterable[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int | None = None,
+    report: dict | None = None,
+) -> ShapeStats:
+    """Perimeter, area and status of every annotation (see STATUS_NAMES), in input order.
+
+    ``images_by_id`` maps image id -> image dict (needs 'height' and 'width') or (height, width).
+    ``category_ids``: when given, annotations of other categories are ``unknown_category``.
+    ``workers``: processes (default os.cpu_count()); small inputs are scored in-process.
+    ``progress``: called with the number of annotations done after each chunk.
+    ``report``: when a dict, receives ``worker_cpu_s`` and ``worker_peak_rss_kib``.
+    """
+    if contour not in CONTOURS:
+        raise ConfigError(f"unknown contour option {contour!r}; choose one of {', '.join(CONTOURS)}")
+    workers = _resolve_workers(workers)
+    sizes: dict[int, tuple[int, int] | None] = {}
+    for iid, img in images_by_id.items():
+        if img is None:
+            sizes[iid] = None
+        elif isinstance(img, Mapping):
+            sizes[iid] = _image_size(img)
+        else:
+            sizes[iid] = _image_size({"height": img[0], "width": img[1]})
+    cats = None if category_ids is None else set(category_ids)
+    n = len(annotations)
+    out = {
+        "ann_id": np.full(n, -1, dtype=np.int64),
+        "image_id": np.full(n, -1, dtype=np.int64),
+        "category_id": np.full(n, -1, dtype=np.int64),
+        "status": np.zeros(n, dtype=np.int8),
+    }
+    perimeter = np.full(n, np.nan)
+    area = np.full(n, np.nan)
+    status = out["status"]
+    size = chunk_size or _chunk_size(n, workers)
+    chunks = _build_chunks(annotations, sizes, cats, contour, size, out)
+
+    cpu = [0.0]
+    rss = [0]
+
+    def collect(res) -> None:
+        start, idx, p, a, s, cpu_s, rss_kib = res
+        cpu[0] += cpu_s
+        rss[0] = max(rss[0], rss_kib)
+        g = start + idx.astype(np.int64)
+        perimeter[g] = p
+        area[g] = a
+        bad = s != OK
+        status[g[bad]] = s[bad]  # keeps DEGENERATE_PART set by the parent for scored instances
+        if progress is not None:
+            progress(min(n, start + size) - start)
+
+    if workers <= 1 or n < 2 * _MIN_CHUNK:
+        for chunk in chunks:
+            collect(_score_chunk(chunk))
+    else:
+        _run_pool(chunks, workers, collect)
+    if report is not None:
+        report.update(worker_cpu_s=cpu[0], worker_peak_rss_kib=rss[0])
+    return ShapeStats(out["ann_id"], out["image_id"], out["category_id"], perimeter, area, status)
+
+
+def _base_scores(perimeter: np.ndarray, area: np.ndarray, variant: str) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if variant.startswith("si_"):
+            return perimeter / (2.0 * np.sqrt(np.pi * area))
+        return perimeter / area
+
+
+def compute_scores(stats: ShapeStats, variant: str) -> np.ndarray:
+    """Per-instance scores for a variant (NaN where the instance is not scored)."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown TFDP variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    scored = stats.scored
+    scores = np.full(len(stats.status), np.nan)
+    base = _base_scores(stats.perimeter[scored], stats.area[scored], variant)
+    if "cb_" in variant and base.size:
+        cats, inv = np.unique(stats.category_id[scored], return_inverse=True)
+        class_sum = np.bincount(inv, weights=base, minlength=len(cats))
+        base = base / class_sum[inv]
+    scores[scored] = base
+    return scores
+
+
+def score_dataset(
+    coco_dict: Mapping,
+    variant: str = DEFAULT_VARIANT,
+    contour: str = "largest",
+    workers: int | None = None,
+    progress: bool | Callable[[int], None] = False,
+) -> ScoreResult:
+    """Score every image of a COCO dict (``progress=True``: a tqdm bar on stderr)."""
+    _check_options(variant, contour)
+    if not isinstance(coco_dict, Mapping):
+        raise DataError("COCO data: expected a JSON object with 'images', 'annotations', 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco_dict.get(key), list):
+            raise DataError(f"COCO data: missing or malformed field '{key}' (expected a list)")
+    t0 = time.perf_counter()
+    problems: dict[str, int] = {}
+    image_ids, sizes = _index_images(coco_dict["images"], problems)
+    cat_ids = {c["id"] for c in coco_dict["categories"] if isinstance(c, dict) and _is_int(c.get("id"))}
+    anns = coco_dict["annotations"]
+    bar = None
+    callback = progress if callable(progress) else None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(anns), unit="inst", desc="tfdp scoring", mininterval=0.5, dynamic_ncols=True)
+        callback = bar.update
+    report: dict = {}
+    try:
+        stats = instance_shape_stats(
+            anns, sizes, contour, workers, category_ids=cat_ids, progress=callback, report=report
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    inst_scores = compute_scores(stats, variant)
+    ids = np.asarray(image_ids, dtype=np.int64)
+    img_scores = np.zeros(len(ids))
+    scored = stats.scored
+    if len(ids) and scored.any():
+        order = np.argsort(ids, kind="stable")
+        pos = order[np.searchsorted(ids, stats.image_id[scored], sorter=order)]
+        img_scores = np.bincount(pos, weights=inst_scores[scored], minlength=len(ids))
+    counts = np.bincount(stats.status.astype(np.int64), minlength=len(STATUS_NAMES))
+    for code, name in STATUS_NAMES.items():
+        if code not in (OK, CROWD) and counts[code]:
+            problems[name] = int(counts[code])
+    return ScoreResult(
+        variant=variant,
+        contour=contour,
+        stats=stats,
+        instance_scores=inst_scores,
+        image_ids=ids,
+        image_scores=img_scores,
+        problems=dict(sorted(problems.items())),
+        n_crowd=int(counts[CROWD]),
+        elapsed_s=time.perf_counter() - t0,
+        worker_cpu_s=report.get("worker_cpu_s", 0.0),
+        worker_peak_rss_kib=report.get("worker_peak_rss_kib", 0),
+    )
+
+
+def _as_id_scores(image_scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(image_scores, ScoreResult):
+        return image_scores.image_ids, image_scores.image_scores
+    if isinstance(image_scores, Mapping):
+        items = list(image_scores.items())
+    else:
+        items = list(image_scores)
+    ids = np.asarray([i for i, _ in items], dtype=np.int64)
+    scores = np.asarray([s for _, s in items], dtype=np.float64)
+    return ids, scores
+
+
+def rank_images(image_scores: Any) -> list[int]:
+    """Image ids from most to least important: score descending, then image id ascending.
+
+    ``image_scores``: a ScoreResult, a mapping image id -> score, or (id, score) pairs.
+    """
+    ids, scores = _as_id_scores(image_scores)
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    return ids[np.lexsort((ids, -scores))].tolist()
+
+
+def kept_count(n_images: int, keep: float | None = None, count: int | None = None) -> int:
+    """How many images a kept ratio or a count keeps (validated; ConfigError when invalid)."""
+    if (keep is None) == (count is None):
+        raise ConfigError("give exactly one of a kept ratio (keep) or a number of images (count)")
+    if n_images < 1:
+        raise ConfigError("no images to select from")
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, (int, float, np.floating, np.integer)):
+            raise ConfigError(f"kept ratio must be a number in (0, 1], got {keep!r}")
+        if not (0.0 < float(keep) <= 1.0):
+            raise ConfigError(f"kept ratio must be in (0, 1] (pruning rate = 1 - kept ratio), got {keep}")
+        return max(1, int(math.floor(float(keep) * n_images + 0.5)))
+    if isinstance(count, bool) or not _is_int(count):
+        raise ConfigError(f"count must be an integer, got {count!r}")
+    if not (1 <= count <= n_images):
+        raise ConfigError(f"count must be between 1 and the number of images ({n_images}), got {count}")
+    return int(count)
+
+
+def select_top(image_scores: Any, keep: float | None = None, count: int | None = None) -> list[int]:
+    """Ids of the images kept, best first: the top ``count``, or ``round(keep * n)`` (at least 1).
+
+    Images that score 0 (nothing scorable) come last, so they are pruned first; equal scores are
+    ordered by image id.
+    """
+    ranked = rank_images(image_scores)
+    k = kept_count(len(ranked), keep, count)
+    return ranked[:k]
+
+
+def prune_coco(coco_dict: Mapping, kept_ids: Iterable[int]) -> dict:
+    """A COCO dict with only the kept images (file order) and all their annotations (crowd too).
+
+    Every other top-level field (info, licenses, categories, ...) is kept as is; every category is
+    kept even when no kept image holds it.
+    """
+    kept = {int(i) for i in kept_ids}
+    out = {k: v for k, v in coco_dict.items() if k not in ("images", "annotations")}
+    images, seen = [], set()
+    for img in coco_dict.get("images", []):
+        iid = img.get("id") if isinstance(img, dict) else None
+        if _is_int(iid) and iid in kept and iid not in seen:
+            seen.add(iid)
+            images.append(img)
+    anns = []
+    for a in coco_dict.get("annotations", []):
+        iid = a.get("image_id") if isinstance(a, dict) else None
+        if _is_int(iid) and iid in seen:
+            anns.append(a)
+    out["images"] = images
+    out["annotations"] = anns
+    out.setdefault("categories", [])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "alseg" / "tfdp"
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    h = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return h.hexdigest()
+
+
+def cache_path(cache_dir: str | os.PathLike, content_sha1: str, variant: str, contour: str) -> Path:
+    """One file per (file content, variant, contour option, scoring version)."""
+    _check_options(variant, contour)
+    return Path(cache_dir) / f"tfdp-v{SCORING_VERSION}-{content_sha1}-{variant}-{contour}.npz"
+
+
+def save_cached(path: str | os.PathLike, result: ScoreResult, content_sha1: str) -> None:
+    """Write a ScoreResult atomically (temp file + os.replace)."""
+    path = Path(path)
+    meta = {
+        "version": SCORING_VERSION,
+        "sha1": content_sha1,
+        "variant": result.variant,
+        "contour": result.contour,
+        "problems": result.problems,
+        "n_crowd": result.n_crowd,
+        "elapsed_s": result.elapsed_s,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                meta=np.array(json.dumps(meta)),
+                instance_scores=result.instance_scores,
+                image_ids=result.image_ids,
+                image_scores=result.image_scores,
+                **{f"stats_{k}": v for k, v in result.stats._asdict().items()},
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_cached(path: str | os.PathLike, content_sha1: str, variant: str, contour: str) -> ScoreResult | None:
+    """The cached ScoreResult, or None when absent, unreadable or made for another key."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if (meta.get("version"), meta.get("sha1"), meta.get("variant"), meta.get("contour")) != (
+                SCORING_VERSION,
+                content_sha1,
+                variant,
+                contour,
+            ):
+                return None
+            stats = ShapeStats(*(z[f"stats_{k}"] for k in ShapeStats._fields))
+            return ScoreResult(
+                variant=variant,
+                contour=contour,
+                stats=stats,
+                instance_scores=z["instance_scores"],
+                image_ids=z["image_ids"],
+                image_scores=z["image_scores"],
+                problems={str(k): int(v) for k, v in meta["problems"].items()},
+                n_crowd=int(meta["n_crowd"]),
+                elapsed_s=float(meta.get("elapsed_s", 0.0)),
+                from_cache=True,
+            )
+    except Exception as e:  # a corrupt cache file is recomputed, never fatal
+        log.warning("%s: ignoring unreadable cache file (%s)", path, e)
+        return None
+
+
+def score_file(
+    ann_file: str | os.PathLike,
+    variant: str = DEFAULT_VARIANT,
+    contour: str = "largest",
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    progress: bool | Callable[[int], None] = False,
+) -> tuple[dict, ScoreResult]:
+    """Load a COCO annotation file and score it, with an on-disk cache.
+
+    The cache key is the sha1 of the file's bytes plus the variant and contour option (and the
+    scoring version): editing the file, or asking for another variant, never reuses a cache file.
+    """
+    from alseg.data.coco import load_json
+
+    _check_options(variant, contour)
+    cfile = None
+    sha1 = ""
+    if use_cache:
+        sha1 = file_sha1(ann_file)
+        cfile = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), sha1, variant, contour)
+    data = load_json(ann_file)
+    if cfile is not None:
+        cached = load_cached(cfile, sha1, variant, contour)
+        if cached is not None:
+            return data, cached
+    result = score_dataset(data, variant, contour, workers, progress=progress)
+    if cfile is not None:
+        try:
+            save_cached(cfile, result, sha1)
+        except OSError as e:
+            log.warning("%s: cannot write cache file (%s)", cfile, e.strerror or e)
+    return data, result
