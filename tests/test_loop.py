@@ -107,3 +107,17 @@ def test_reset_policy_and_seconds_budget(cfg_factory, tmp_path):
                                              "al.rounds=1"), tmp_path / "r").run()
     spent = records[1]["seconds"] - records[0]["seconds"]
     assert 0 < spent <= 600
+
+
+@pytest.mark.parametrize("initial", ["tfdp", "entropy_reference"])
+def test_pruning_run_keeps_a_fraction_chosen_once(cfg_factory, tmp_path, initial):
+    run = tmp_path / "prune"
+    cfg = cfg_factory(f"strategy@al.initial_strategy={initial}", "al.rounds=0", "al.initial=0.5")
+    records = ActiveLearningLoop(cfg, run).run()
+    assert len(records) == 1
+    r = records[0]
+    assert r["initial_strategy"] == initial and r["labeled_images"] == 12 and r["pruning_rate"] == pytest.approx(0.5)
+    sel = json.loads((run / "round_000" / "selection.json").read_text())
+    scores = [q["score"] for q in sel["queries"]]
+    assert scores == sorted(scores, reverse=True)  # the kept images are the best-scored ones
+    assert (run / "reference" / "model.pt").is_file() == (initial == "entropy_reference")

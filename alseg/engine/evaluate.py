@@ -25,13 +25,17 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 @torch.no_grad()
 def predict(model, data: CocoDataset, image_ids=None, device="cpu", batch_size: int = 4, mask_threshold: float = 0.5,
             desc: str = "predict", progress: bool = True):
-    """Run the model; yields (image_id, boxes xyxy, scores, labels, binary masks (n, H, W) bool)."""
+    """Run the model; yields (image_id, boxes xyxy, scores, labels, masks (n, H, W)): bool masks, or
+    the mask probabilities when ``mask_threshold`` is None."""
     model.eval()
     loader = DataLoader(ImageSet(data, image_ids), batch_size=batch_size, collate_fn=collate, num_workers=0)
     for images, ids in tqdm(loader, desc=desc, leave=False, disable=not progress):
         outputs = model([im.to(device) for im in images])
         for image_id, out in zip(ids, outputs):
-            masks = (out["masks"][:, 0] >= mask_threshold).cpu().numpy() if "masks" in out else None
+            masks = None
+            if "masks" in out:
+                probs = out["masks"][:, 0]
+                masks = (probs.float() if mask_threshold is None else probs >= mask_threshold).cpu().numpy()
             yield (image_id, out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(), masks)
 
 

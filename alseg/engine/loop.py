@@ -22,7 +22,7 @@ from alseg.annotation.cost import CostTable
 from alseg.annotation.ledger import Ledger
 from alseg.annotation.oracle import Oracle
 from alseg.data.build import DataSplits
-from alseg.data.torch_dataset import TrainingSet
+from alseg.data.torch_dataset import ImageView, TrainingSet
 from alseg.data.transforms import build_transforms
 from alseg.engine.evaluate import evaluate
 from alseg.engine.state import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
@@ -96,11 +96,11 @@ class ActiveLearningLoop:
         data: DataSplits = build(self.cfg.dataset, "dataset")
         n = len(data.train.images)
         init = self.cfg.al.initial
-        if isinstance(init, float) and 0 < init < 1:
+        if isinstance(init, float) and 0 < init <= 1:
             self.initial_budget = Budget(max(1, round(init * n)), "images")
         else:
             if not isinstance(init, (int, float)) or init < 1:
-                raise ConfigError(f"al.initial must be an image count >= 1 or a fraction in (0, 1), got {init!r}")
+                raise ConfigError(f"al.initial must be an image count >= 1 or a fraction in (0, 1], got {init!r}")
             self.initial_budget = Budget(int(init), str(self.cfg.al.get("initial_unit", "images")))
         if self.initial_budget.unit == "images" and self.initial_budget.amount > n:
             raise ConfigError(f"al.initial ({int(self.initial_budget.amount)} images) is larger than the pool ({n} images)")
@@ -194,7 +194,7 @@ class ActiveLearningLoop:
                     self._commit(state)
                 if state["phase"] == "trained":
                     model = self._maybe_load(model, data, k)
-                    record = self._evaluate(k, data, ledger, model, strategy)
+                    record = self._evaluate(k, data, ledger, model, strategy, initial_strategy)
                     writers.write(record)
                     state["records"] = [r for r in state["records"] if r["round"] != k] + [record]
                     state.update(phase="evaluated")
@@ -228,8 +228,8 @@ class ActiveLearningLoop:
         if not unlabeled:
             raise ConfigError(f"round {k}: the unlabeled pool is empty; lower al.rounds or al.budget")
         ctx = SelectionContext(round_index=k, data=data.train, ledger=ledger, unlabeled=unlabeled, labeled=labeled,
-                               oracle=oracle, model=model,
-                               _providers={"predictions": lambda: self._pool_predictions(model, data, unlabeled)})
+                               oracle=oracle, model=model, device=self.device, progress=self.progress,
+                               _providers={"reference_model": lambda: self._reference_model(data)})
         rng = np.random.default_rng([self.seed, k, 1])
         queries = strategy.select(ctx, budget, rng)
         if not queries:
@@ -244,13 +244,28 @@ class ActiveLearningLoop:
             "seconds": seconds, "queries": [q.to_dict() for q in queries]})
         log.info("round %d: %s selected %d queries (%.0f s of annotation)", k, strategy.name, len(queries), seconds)
 
-    def _pool_predictions(self, model, data: DataSplits, image_ids: list[int]):
-        from alseg.engine.evaluate import predict
+    def _reference_model(self, data: DataSplits):
+        """A model trained on the whole pool with full masks (for model-based pruning baselines),
+        trained once per run and kept in reference/model.pt for resumption."""
+        path = self.run_dir / "reference" / "model.pt"
+        model = self._build_model(data.train.num_classes)
+        if path.is_file():
+            model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)["model"])
+            return model
+        views = {r.image_id: ImageView(full_image=True, mask_ann_ids={i.ann_id for i in r.instances})
+                 for r in data.train.images}
+        log.info("training the reference model on all %d pool images", len(views))
+        self._fit(model, TrainingSet(data.train, views, self.transforms, seed=self.seed), self.train_cfg,
+                  "reference train", seed=self.seed)
+        atomic_torch_save({"model": model.state_dict(), "round": -1}, path)
+        return model
 
-        if model is None:
-            raise ConfigError("this strategy needs a trained model; it cannot be the initial strategy")
-        return {i: (b, s, l, m) for i, b, s, l, m in predict(model, data.train, image_ids, device=self.device,
-                                                             desc="pool inference", progress=self.progress)}
+    def _fit(self, model, dataset: TrainingSet, cfg: TrainerConfig, desc: str, seed: int) -> LossAverageHook:
+        torch.manual_seed(seed)
+        losses = LossAverageHook()
+        Trainer(model, dataset, cfg, self.device, seed=seed,
+                hooks=[ProgressHook(desc, enabled=self.progress), losses]).train()
+        return losses
 
     def _train(self, k: int, data: DataSplits, ledger: Ledger, previous):
         views = ledger.training_views()
@@ -264,23 +279,24 @@ class ActiveLearningLoop:
             model = self._build_model(data.train.num_classes)
             iters = self.train_cfg.iters
         cfg = TrainerConfig(**{**self.train_cfg.__dict__, "iters": iters})
-        torch.manual_seed(self.seed * 1009 + k)
-        dataset = TrainingSet(data.train, views, self.transforms, seed=self.seed * 1009 + k)
-        self._loss_hook = LossAverageHook()
-        trainer = Trainer(model, dataset, cfg, self.device, seed=self.seed * 1009 + k,
-                          hooks=[ProgressHook(f"round {k} train", enabled=self.progress), self._loss_hook])
-        trainer.train()
+        seed = self.seed * 1009 + k
+        dataset = TrainingSet(data.train, views, self.transforms, seed=seed)
+        self._loss_hook = self._fit(model, dataset, cfg, f"round {k} train", seed)
         atomic_torch_save({"model": model.state_dict(), "round": k}, self.round_dir(k) / "model.pt")
         if self.cfg.al.keep_checkpoints == "last" and k > 0:
             (self.round_dir(k - 1) / "model.pt").unlink(missing_ok=True)
         model._alseg_round = k
         return model
 
-    def _evaluate(self, k: int, data: DataSplits, ledger: Ledger, model, strategy: Strategy) -> dict:
+    def _evaluate(self, k: int, data: DataSplits, ledger: Ledger, model, strategy: Strategy,
+                  initial_strategy: Strategy) -> dict:
         metrics = evaluate(model, data.val, device=self.device, batch_size=int(self.cfg.eval.batch_size),
                            progress=self.progress)
         seconds = ledger.seconds()
-        record = {"round": k, "strategy": strategy.name, "seed": self.seed, **ledger.counts(),
+        counts = ledger.counts()
+        pool = len(data.train.images)
+        record = {"round": k, "strategy": strategy.name, "initial_strategy": initial_strategy.name, "seed": self.seed,
+                  **counts, "pool_images": pool, "pruning_rate": 1.0 - counts["labeled_images"] / pool,
                   "seconds": seconds, "hours": seconds / 3600.0, **metrics}
         if getattr(self, "_loss_hook", None) is not None:
             record.update(self._loss_hook.summary())

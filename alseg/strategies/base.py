@@ -27,6 +27,8 @@ class SelectionContext:
     labeled: list[int]
     oracle: Oracle
     model: Any = None  # the model of the previous round (None at round 0)
+    device: str = "cpu"
+    progress: bool = False
     _providers: dict[str, Callable[[], Any]] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 

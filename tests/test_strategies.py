@@ -1,0 +1,107 @@
+"""Strategies on constructed inputs: rankings computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alseg.annotation.budget import Budget
+from alseg.annotation.cost import CostTable
+from alseg.annotation.ledger import Ledger
+from alseg.annotation.oracle import Oracle
+from alseg.data.coco import CocoDataset
+from alseg.strategies.base import SelectionContext
+from alseg.strategies.mask_entropy import MaskEntropyImages, binary_entropy, detection_mask_entropy
+from alseg.strategies.random_sampling import RandomImages
+from alseg.strategies.tfdp import ShapeComplexityImages
+
+
+def _rect(x0, y0, x1, y1):
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+@pytest.fixture
+def data(tmp_path):
+    import cv2
+
+    images = [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in (1, 2, 3, 4)]
+    for im in images:
+        cv2.imwrite(str(tmp_path / im["file_name"]), np.full((64, 64, 3), 60 * im["id"], np.uint8))
+    anns = [
+        # image 1: a 20x20 square (SI-SCS ~ 1.128); image 2: a 40x4 bar (SI-SCS ~ 1.74); image 3: two squares.
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "segmentation": _rect(10, 10, 30, 30)},
+        {"id": 2, "image_id": 2, "category_id": 1, "bbox": [10, 10, 40, 4], "segmentation": _rect(10, 10, 50, 14)},
+        {"id": 3, "image_id": 3, "category_id": 1, "bbox": [0, 0, 20, 20], "segmentation": _rect(0, 0, 20, 20)},
+        {"id": 4, "image_id": 3, "category_id": 1, "bbox": [30, 30, 20, 20], "segmentation": _rect(30, 30, 50, 50)},
+    ]
+    return CocoDataset({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}, tmp_path)
+
+
+def _ctx(data, labeled=(), model=None):
+    unlabeled = sorted(set(data.image_ids) - set(labeled))
+    return SelectionContext(round_index=1, data=data, ledger=Ledger(), unlabeled=unlabeled, labeled=sorted(labeled),
+                            oracle=Oracle(data, CostTable()), model=model)
+
+
+def test_random_is_a_permutation_fixed_by_the_seed(data):
+    ctx = _ctx(data, labeled=[4])
+    a = RandomImages().rank(ctx, Budget(2), np.random.default_rng(0))
+    b = RandomImages().rank(ctx, Budget(2), np.random.default_rng(0))
+    assert a == b and sorted(q.image_id for q in a) == [1, 2, 3]
+    assert len(RandomImages().select(ctx, Budget(2), np.random.default_rng(0))) == 2
+
+
+def test_tfdp_ranks_by_summed_shape_complexity(data):
+    ranked = ShapeComplexityImages(variant="si_scs").rank(_ctx(data), Budget(4), np.random.default_rng(0))
+    # Image 3 sums two squares (2 x 1.128), the bar scores ~1.74, one square 1.128, image 4 has nothing (0).
+    assert [q.image_id for q in ranked] == [3, 2, 1, 4]
+    assert ranked[2].score == pytest.approx(4 * 20 / (2 * math.sqrt(math.pi * 400)), rel=0.02)
+    assert ranked[-1].score == 0.0
+    # With class balance each score is divided by the class total, which keeps the order here.
+    cb = ShapeComplexityImages(variant="si_cb_scs").rank(_ctx(data), Budget(4), np.random.default_rng(0))
+    assert [q.image_id for q in cb] == [3, 2, 1, 4] and sum(q.score for q in cb) == pytest.approx(1.0)
+    # Already labeled images are not ranked again.
+    assert 3 not in [q.image_id for q in ShapeComplexityImages().rank(_ctx(data, labeled=[3]), Budget(1), None)]
+
+
+def test_binary_entropy_values():
+    p = torch.tensor([0.5, 1e-9, 0.9])
+    h = binary_entropy(p)
+    assert h[0] == pytest.approx(math.log(2)) and h[1] == pytest.approx(0.0, abs=1e-4)
+    assert h[2] == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
+    m = torch.zeros(10, 10)
+    m[2:4, 2:6] = 0.5  # inside the box x 2..6, y 2..4 everything is 0.5
+    assert detection_mask_entropy(m, torch.tensor([2.0, 2.0, 6.0, 4.0])) == pytest.approx(math.log(2))
+
+
+class _FakeModel(torch.nn.Module):
+    """One detection per image whose mask probability depends on the image brightness."""
+
+    def __init__(self, prob_by_brightness):
+        super().__init__()
+        self.prob = prob_by_brightness
+
+    def forward(self, images):
+        outs = []
+        for im in images:
+            b = round(float(im.mean()) * 255 / 60)
+            if b not in self.prob:
+                outs.append({"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long),
+                             "masks": torch.zeros(0, 1, 64, 64)})
+                continue
+            masks = torch.full((1, 1, 64, 64), self.prob[b])
+            outs.append({"boxes": torch.tensor([[0.0, 0.0, 64.0, 64.0]]), "scores": torch.tensor([0.9]),
+                         "labels": torch.tensor([1]), "masks": masks})
+        return outs
+
+
+def test_mask_entropy_ranks_uncertain_images_first(data):
+    # image i has brightness 60*i: probabilities 0.5 (i=1), 0.99 (i=2), 0.7 (i=3); image 4: no detection.
+    model = _FakeModel({1: 0.5, 2: 0.99, 3: 0.7})
+    ranked = MaskEntropyImages().rank(_ctx(data, model=model), Budget(4), np.random.default_rng(0))
+    # Image 4 (nothing detected) and image 1 both score log 2: their order is the seed's tie-break.
+    assert {q.image_id for q in ranked[:2]} == {1, 4} and [q.image_id for q in ranked[2:]] == [3, 2]
+    assert ranked[0].score == pytest.approx(math.log(2), rel=1e-4)
+    with pytest.raises(Exception, match="needs a trained model"):
+        MaskEntropyImages().rank(_ctx(data, model=None), Budget(1), np.random.default_rng(0))
