@@ -170,16 +170,15 @@ class ActiveLearningLoop:
         log_file = logging.FileHandler(self.run_dir / "run.log")
         log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(log_file)
-        log.info("run folder: %s", self.run_dir)
-        if not (self.run_dir / "config.yaml").is_file() or state["round"] == 0 and state["phase"] == "start":
-            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
-        self._commit(state)
-
-        oracle = Oracle(data.train, self.costs)
-        ledger = Ledger(state["ledger"])
-        writers.open(self.run_dir, config, state["records"])
-        model = None
         try:
+            log.info("run folder: %s", self.run_dir)
+            # Differs from the stored one at most in keys that may change on resume (al.rounds, device, ...).
+            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+            self._commit(state)
+            oracle = Oracle(data.train, self.costs)
+            ledger = Ledger(state["ledger"])
+            writers.open(self.run_dir, config, state["records"])
+            model = None
             while state["round"] <= self.rounds:
                 k = state["round"]
                 if state["phase"] == "start":
