@@ -24,3 +24,22 @@ def test_instance_records_match_torchvision_forward():
         torch.testing.assert_close(o["class_probs"][torch.arange(n), o["labels"]], o["scores"])
         assert o["mask_probs"].shape == (n, 28, 28) and o["embeddings"].shape == (n, 64)
         assert o["image_embedding"].shape == (64,)
+
+
+def test_pool_inference_keeps_compact_arrays(tmp_path):
+    import numpy as np
+
+    from alseg.data.build import synthetic
+    from alseg.engine.pool_inference import infer_pool
+
+    data = synthetic(cache_dir=str(tmp_path), num_train=5, num_val=1, image_size=64, max_radius=20)
+    torch.manual_seed(0)
+    model = build_maskrcnn(data.train.num_classes, min_size=64, max_size=64, box_score_thresh=0.0,
+                           box_detections_per_img=7)
+    ids = data.train.image_ids[:3]
+    pp = infer_pool(model, data.train, ids, batch_size=2, progress=False)
+    assert pp.image_ids == ids and len(pp) == 21  # 7 detections per image, untrained model
+    assert np.bincount(pp.image_index).tolist() == [7, 7, 7]
+    assert pp.mask_probs.dtype == np.float16 and pp.mask_probs.shape == (21, 28, 28)
+    assert pp.class_probs.shape == (21, data.train.num_classes + 1) and pp.image_embeddings.shape == (3, 64)
+    assert (pp.areas >= 0).all()

@@ -25,6 +25,7 @@ from alseg.data.build import DataSplits
 from alseg.data.torch_dataset import ImageView, TrainingSet
 from alseg.data.transforms import build_transforms
 from alseg.engine.evaluate import evaluate
+from alseg.engine.pool_inference import infer_pool
 from alseg.engine.state import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
 from alseg.errors import ConfigError
@@ -228,7 +229,11 @@ class ActiveLearningLoop:
             raise ConfigError(f"round {k}: the unlabeled pool is empty; lower al.rounds or al.budget")
         ctx = SelectionContext(round_index=k, data=data.train, ledger=ledger, unlabeled=unlabeled, labeled=labeled,
                                oracle=oracle, model=model, device=self.device, progress=self.progress,
-                               _providers={"reference_model": lambda: self._reference_model(data)})
+                               _providers={
+                                   "reference_model": lambda: self._reference_model(data),
+                                   "pool_predictions": lambda: self._infer(model, data, unlabeled),
+                                   "labeled_predictions": lambda: self._infer(model, data, labeled),
+                               })
         rng = np.random.default_rng([self.seed, k, 1])
         queries = strategy.select(ctx, budget, rng)
         if not queries:
@@ -242,6 +247,12 @@ class ActiveLearningLoop:
             "round": k, "strategy": strategy.name, "budget": {"amount": budget.amount, "unit": budget.unit},
             "seconds": seconds, "queries": [q.to_dict() for q in queries]})
         log.info("round %d: %s selected %d queries (%.0f s of annotation)", k, strategy.name, len(queries), seconds)
+
+    def _infer(self, model, data: DataSplits, image_ids: list[int]):
+        if model is None:
+            raise ConfigError("this strategy needs a trained model; it cannot be the initial strategy")
+        return infer_pool(model, data.train, image_ids, device=self.device, batch_size=int(self.cfg.eval.batch_size),
+                          progress=self.progress)
 
     def _reference_model(self, data: DataSplits):
         """A model trained on the whole pool with full masks (for model-based pruning baselines),
