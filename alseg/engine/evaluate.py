@@ -73,6 +73,18 @@ def _coco_eval(gt, results: list, iou_type: str, class_names: list[str]) -> dict
     return out
 
 
+def mask_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IoU and Dice matrices (len(a), len(b)) of two stacks of binary masks of one image."""
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    sums = fa.sum(1)[:, None] + fb.sum(1)[None, :]
+    union = sums - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    dice = np.where(sums > 0, 2 * inter / np.maximum(sums, 1e-9), 0.0)
+    return iou, dice
+
+
 def dice_and_greedy_iou(gt_masks: np.ndarray, pred_masks: np.ndarray) -> tuple[list[float], list[float]]:
     """Greedy matching, as in the COCO-subset report: each ground-truth mask takes the unused
     prediction it overlaps most; unmatched ground truth counts as 0. Returns per-instance Dice, IoU."""
@@ -80,14 +92,9 @@ def dice_and_greedy_iou(gt_masks: np.ndarray, pred_masks: np.ndarray) -> tuple[l
         return [], []
     if pred_masks is None or len(pred_masks) == 0:
         return [0.0] * len(gt_masks), [0.0] * len(gt_masks)
-    g = gt_masks.reshape(len(gt_masks), -1).astype(np.float32)
-    p = pred_masks.reshape(len(pred_masks), -1).astype(np.float32)
-    inter = g @ p.T
-    union = g.sum(1)[:, None] + p.sum(1)[None, :] - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-    dice_mat = np.where(union > 0, 2 * inter / np.maximum(g.sum(1)[:, None] + p.sum(1)[None, :], 1e-9), 0.0)
-    used = np.zeros(len(p), bool)
-    dices, ious = [0.0] * len(g), [0.0] * len(g)
+    iou, dice_mat = mask_overlaps(gt_masks, pred_masks)
+    used = np.zeros(len(pred_masks), bool)
+    dices, ious = [0.0] * len(gt_masks), [0.0] * len(gt_masks)
     # Pairs in order of decreasing IoU: the greedy one-to-one assignment.
     for flat in np.argsort(-iou, axis=None):
         i, j = np.unravel_index(flat, iou.shape)

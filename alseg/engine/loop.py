@@ -26,6 +26,7 @@ from alseg.data.torch_dataset import ImageView, TrainingSet
 from alseg.data.transforms import build_transforms
 from alseg.engine.evaluate import evaluate
 from alseg.engine.pool_inference import infer_pool
+from alseg.models.mask_iou_head import iou_prediction_errors, train_mask_iou_head
 from alseg.engine.state import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
 from alseg.errors import ConfigError
@@ -292,6 +293,11 @@ class ActiveLearningLoop:
         seed = self.seed * 1009 + k
         dataset = TrainingSet(data.train, views, self.transforms, seed=seed)
         self._loss_hook = self._fit(model, dataset, cfg, f"round {k} train", seed)
+        self._extra_train_metrics = {}
+        if getattr(model, "mask_iou_head", None) is not None:
+            self._extra_train_metrics = train_mask_iou_head(
+                model, dataset, device=self.device, seed=seed, progress=self.progress,
+                batch_size=self.train_cfg.batch_size, **model.mask_iou_cfg)
         atomic_torch_save({"model": model.state_dict(), "round": k}, self.round_dir(k) / "model.pt")
         if self.cfg.al.keep_checkpoints == "last" and k > 0:
             (self.round_dir(k - 1) / "model.pt").unlink(missing_ok=True)
@@ -310,5 +316,8 @@ class ActiveLearningLoop:
                   "seconds": seconds, "hours": seconds / 3600.0, **metrics}
         if getattr(self, "_loss_hook", None) is not None:
             record.update(self._loss_hook.summary())
+            record.update(self._extra_train_metrics)
+        if getattr(model, "mask_iou_head", None) is not None:
+            record.update(iou_prediction_errors(model, data.val, device=self.device))
         atomic_write_json(self.round_dir(k) / "metrics.json", record)
         return record

@@ -27,6 +27,7 @@ class PoolPredictions:
     mask_probs: np.ndarray  # (n, M, M) float16, predicted class, RoI resolution
     embeddings: np.ndarray  # (n, D) float32, mask-branch features, average-pooled
     image_embeddings: np.ndarray  # (len(image_ids), D') float32, finest FPN level, average-pooled
+    pred_iou: np.ndarray | None = None  # (n,) float32 when the model has a mask-IoU head
 
     @property
     def areas(self) -> np.ndarray:
@@ -42,8 +43,8 @@ class PoolPredictions:
 def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cpu", batch_size: int = 4,
                score_threshold: float = 0.0, progress: bool = True) -> PoolPredictions:
     loader = DataLoader(ImageSet(data, image_ids), batch_size=batch_size, collate_fn=collate, num_workers=0)
-    parts: dict[str, list] = {k: [] for k in ("image_index", "boxes", "scores", "labels", "class_probs",
-                                              "mask_probs", "embeddings")}
+    fields = ("image_index", "boxes", "scores", "labels", "class_probs", "mask_probs", "embeddings", "pred_iou")
+    parts: dict[str, list] = {k: [] for k in fields}
     image_embeddings, order = [], []
     for images, ids in tqdm(loader, desc="pool inference", leave=False, disable=not progress):
         for image_id, rec in zip(ids, predict_instances(model, [im.to(device) for im in images])):
@@ -53,11 +54,16 @@ def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cp
             image_embeddings.append(rec["image_embedding"].float().cpu().numpy())
             parts["image_index"].append(np.full(int(keep.sum()), row, np.int64))
             for k, dtype in (("boxes", np.float32), ("scores", np.float32), ("labels", np.int64),
-                             ("class_probs", np.float32), ("mask_probs", np.float16), ("embeddings", np.float32)):
-                parts[k].append(rec[k][keep].cpu().numpy().astype(dtype))
+                             ("class_probs", np.float32), ("mask_probs", np.float16), ("embeddings", np.float32),
+                             ("pred_iou", np.float32)):
+                if k in rec:
+                    parts[k].append(rec[k][keep].cpu().numpy().astype(dtype))
     num_classes = len(data.class_names)
     empty = {"image_index": (0,), "boxes": (0, 4), "scores": (0,), "labels": (0,),
              "class_probs": (0, num_classes + 1), "mask_probs": (0, 28, 28), "embeddings": (0, 0)}
-    arrays = {k: (np.concatenate(v) if v else np.zeros(empty[k])) for k, v in parts.items()}
+    has_iou = getattr(model, "mask_iou_head", None) is not None
+    arrays = {k: (np.concatenate(v) if v else np.zeros(empty.get(k, (0,)))) for k, v in parts.items()}
+    if not has_iou:
+        arrays["pred_iou"] = None
     return PoolPredictions(image_ids=order, image_embeddings=np.stack(image_embeddings) if image_embeddings
                            else np.zeros((0, 0), np.float32), **arrays)

@@ -42,11 +42,13 @@ def _postprocess_with_sources(rh, class_logits, box_regression, proposals, image
 
 
 @torch.no_grad()
-def predict_instances(model: MaskRCNN, images: list[torch.Tensor], paste_masks: bool = False) -> list[dict]:
+def predict_instances(model: MaskRCNN, images: list[torch.Tensor], paste_masks: bool = False,
+                      roi_features: bool = False) -> list[dict]:
     """For each image: boxes (xyxy, original frame), scores, labels, class_probs (n, C+1; column 0
     background), mask_probs (n, M, M) of the predicted class, embeddings (n, D) (mask head output,
     average-pooled), image_embedding (D',) (mean of FPN level '0'); with ``paste_masks`` also masks
-    (n, 1, H, W) probabilities, as ``model(images)`` returns them."""
+    (n, 1, H, W) probabilities, as ``model(images)`` returns them; with ``roi_features`` the mask
+    branch's RoI-pooled features (n, C, R, R). A model with a mask-IoU head adds pred_iou (n,)."""
     model.eval()
     original_sizes = [tuple(im.shape[-2:]) for im in images]
     image_list, _ = model.transform(images)
@@ -56,15 +58,22 @@ def predict_instances(model: MaskRCNN, images: list[torch.Tensor], paste_masks: 
     box_features = rh.box_head(rh.box_roi_pool(features, proposals, image_list.image_sizes))
     class_logits, box_regression = rh.box_predictor(box_features)
     dets = _postprocess_with_sources(rh, class_logits, box_regression, proposals, image_list.image_sizes)
-    mask_x = rh.mask_head(rh.mask_roi_pool(features, [d["boxes"] for d in dets], image_list.image_sizes))
+    pooled = rh.mask_roi_pool(features, [d["boxes"] for d in dets], image_list.image_sizes)
+    mask_x = rh.mask_head(pooled)
     mask_logits = rh.mask_predictor(mask_x)
     labels = torch.cat([d["labels"] for d in dets])
     mask_probs = mask_logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
     embeddings = mask_x.mean(dim=(2, 3))
     per_image = [len(d["labels"]) for d in dets]
     image_emb = next(iter(features.values())).mean(dim=(2, 3))
+    iou_head = getattr(model, "mask_iou_head", None)
+    pred_iou = iou_head.predict(pooled, mask_probs) if iou_head is not None else None
     for i, (d, mp, emb) in enumerate(zip(dets, mask_probs.split(per_image), embeddings.split(per_image))):
         d["mask_probs"], d["embeddings"], d["image_embedding"] = mp, emb, image_emb[i]
+    for name, value in (("roi_features", pooled if roi_features else None), ("pred_iou", pred_iou)):
+        if value is not None:
+            for d, v in zip(dets, value.split(per_image)):
+                d[name] = v
     for d, size, original in zip(dets, image_list.image_sizes, original_sizes):
         # Back to the original image frame, exactly as torchvision's transform.postprocess does.
         d["boxes"] = resize_boxes(d["boxes"], size, original)

@@ -121,6 +121,7 @@ def build_maskrcnn(
     box_batch_size_per_image: int = 64,
     box_score_thresh: float = 0.05,
     box_detections_per_img: int = 100,
+    mask_iou: dict | None = None,
 ) -> MaskRCNN:
     """A torchvision ``MaskRCNN`` whose every size is a config value.
 
@@ -157,6 +158,15 @@ def build_maskrcnn(
         mask_head=MaskRCNNHeads(fpn_channels, mask_layers, 1),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1),
     )
+    if mask_iou:
+        from alseg.models.mask_iou_head import MaskIoUHead
+
+        unknown = set(mask_iou) - {"iters", "lr", "sqrt", "conv_dim", "fc_dim"}
+        if unknown:
+            raise ConfigError(f"model.mask_iou: unknown key(s) {sorted(unknown)}")
+        model.mask_iou_head = MaskIoUHead(fpn_channels, conv_dim=int(mask_iou.get("conv_dim", 64)),
+                                          fc_dim=int(mask_iou.get("fc_dim", 256)), sqrt=bool(mask_iou.get("sqrt", True)))
+        model.mask_iou_cfg = {"iters": int(mask_iou.get("iters", 200)), "lr": float(mask_iou.get("lr", 0.01))}
     if weights not in (None, "", "none", "null"):
         _load_coco_weights(model, weights, backbone, fpn_channels)
     if checkpoint:

@@ -5,6 +5,10 @@
 
 Writes the kept subset as COCO JSON, a CSV ``image_id,score,kept,rank`` (every image, best first)
 and optionally per-instance scores; prints images per class before/after, problems and timings.
+
+Figures (``alseg.tfdp.plots``): ``--plot-scores scores.png`` (instance scores per class) and
+``--plot-examples examples.png --images DIR [--num-examples 4]`` (kept images with the highest
+scores above pruned images with the lowest, with their ground-truth masks).
 """
 
 from __future__ import annotations
@@ -71,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help=f"score cache (default: {default_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--plot-scores", metavar="PATH", help="PNG: distribution of the instance scores per class")
+    p.add_argument("--plot-examples", metavar="PATH",
+                   help="PNG: kept images with the highest scores above pruned images with the lowest, "
+                        "with their ground-truth masks (needs --images)")
+    p.add_argument("--images", metavar="DIR", help="image folder of --ann (for --plot-examples)")
+    p.add_argument("--num-examples", type=int, default=4, metavar="N",
+                   help="images per row of --plot-examples (default: %(default)s)")
     return p
 
 
@@ -177,12 +188,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--count must be >= 1, got {args.count}")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    outputs = [out, scores_csv] + ([Path(args.instance_scores)] if args.instance_scores else [])
+    if args.plot_examples and not args.images:
+        raise ConfigError("--plot-examples needs --images DIR (the image folder of --ann)")
+    if args.num_examples < 1:
+        raise ConfigError(f"--num-examples must be >= 1, got {args.num_examples}")
+    if args.plot_examples and not Path(args.images).is_dir():
+        raise ConfigError(f"--images {args.images}: no such folder")
+    plots = [Path(p) for p in (args.plot_scores, args.plot_examples) if p]
+    outputs = [out, scores_csv] + ([Path(args.instance_scores)] if args.instance_scores else []) + plots
     resolved = [p.resolve() for p in outputs]
     if ann.resolve() in resolved:
         raise ConfigError(f"{ann}: refusing to overwrite the input annotation file")
     if len(set(resolved)) != len(resolved):
-        raise ConfigError("--out, --scores and --instance-scores must be different files")
+        raise ConfigError("--out, --scores, --instance-scores, --plot-scores and --plot-examples must be different files")
 
     t1 = time.perf_counter()
     data, result = score_file(
@@ -204,9 +222,16 @@ def run(args: argparse.Namespace) -> int:
     write_image_scores(scores_csv, result, kept_set)
     if args.instance_scores:
         write_instance_scores(Path(args.instance_scores), result)
+    if plots:
+        from alseg.tfdp.plots import plot_kept_vs_pruned, plot_score_distribution
+
+        if args.plot_scores:
+            plot_score_distribution(result, data, args.plot_scores)
+        if args.plot_examples:
+            plot_kept_vs_pruned(result, data, args.images, kept_set, args.plot_examples, n=args.num_examples)
     print(_summary(data, result, kept, t_score, time.perf_counter() - t0))
     print(f"wrote {out} ({len(pruned['images'])} images, {len(pruned['annotations'])} annotations), {scores_csv}"
-          + (f", {args.instance_scores}" if args.instance_scores else ""))
+          + "".join(f", {p}" for p in [args.instance_scores, *plots] if p))
     return 0
 
 

@@ -1,0 +1,291 @@
+"""pruning_curve: a metric against the pruning rate, per initial-selection strategy (mean ± std over seeds).
+
+    python tools/pruning_curve.py runs/tfdp_pruning [more run folders or parents ...]
+                                  [--metric mask_AP] [--out DIR]
+
+Every folder holding a ``results.jsonl`` under the given paths is a run (found and read as by
+``alseg-compare``). A pruning run trains once on the kept subset (``al.rounds=0``); its last record
+is used. Runs are grouped by strategy (``initial_strategy`` of the record, else
+``al.initial_strategy.name`` of ``config.yaml``) and by pruning rate (``pruning_rate`` of the record,
+else ``1 - labeled_images / pool_images``, rounded to 3 decimals). Per group: ``n`` runs, mean kept
+images, and mean ± std of the metric (std: population std, ddof=0, as alseg-compare). Writes
+``pruning.csv``, ``pruning.md`` and ``pruning.png`` (the metric against the pruning rate, one line per
+strategy, a band of ± one std) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from alseg.errors import AlsegError
+from alseg.tools.compare import MISSING, Run, _is_number, _write_text, find_results, read_results
+
+PROG = "pruning_curve"
+DEFAULT_METRIC = "mask_AP"
+DECIMALS = 3
+
+
+class PruningCurveError(AlsegError):
+    """Bad input to pruning_curve."""
+
+
+@dataclass
+class Point:
+    strategy: str
+    rate: float  # pruning rate, rounded to DECIMALS
+    runs: list[Run] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    kept: list[float] = field(default_factory=list)  # labeled_images of the runs that have it
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values))  # ddof=0
+
+    @property
+    def kept_mean(self) -> float | None:
+        return float(np.mean(self.kept)) if self.kept else None
+
+
+def _where(run: Run) -> str:
+    k = run.records[-1]["round"]
+    return f"{run.results}, line {run.lines[k]}"
+
+
+def strategy_of(run: Run) -> str | None:
+    v = run.records[-1].get("initial_strategy")
+    if v is None:
+        v = run.record_value("initial_strategy")
+    if v is None:
+        v = run.config_value("al.initial_strategy.name")
+    return None if v is None else str(v)
+
+
+def pruning_rate_of(run: Run) -> float:
+    rec = run.records[-1]
+    rate = rec.get("pruning_rate")
+    if rate is None:
+        labeled, pool = rec.get("labeled_images"), rec.get("pool_images")
+        if not (_is_number(labeled) and _is_number(pool)):
+            raise PruningCurveError(f"{_where(run)}: no 'pruning_rate' (nor 'labeled_images' and 'pool_images')")
+        if pool <= 0:
+            raise PruningCurveError(f"{_where(run)}: 'pool_images' must be > 0, got {pool!r}")
+        rate = 1.0 - labeled / pool
+    if not _is_number(rate) or not np.isfinite(rate):
+        raise PruningCurveError(f"{_where(run)}: 'pruning_rate' must be a number, got {rate!r}")
+    if not 0.0 <= rate <= 1.0:
+        raise PruningCurveError(f"{_where(run)}: 'pruning_rate' must be in [0, 1], got {rate!r}")
+    return round(float(rate), DECIMALS) + 0.0  # + 0.0: no '-0.0'
+
+
+def collect(paths: Sequence[str | os.PathLike], metric: str, notes: list[str]) -> list[Point]:
+    """Runs under ``paths`` -> one Point per (strategy, pruning rate), sorted by strategy then rate."""
+    runs: list[Run] = []
+    for res in find_results(paths):
+        run = read_results(res)
+        notes += run.notes
+        if not run.records:
+            notes.append(f"{run.name}: results.jsonl has no rounds yet; skipped")
+            continue
+        runs.append(run)
+    if not runs:
+        raise PruningCurveError(f"{', '.join(map(str, paths))}: no run with any finished round (results.jsonl all empty)")
+    if not any(metric in r.records[-1] for r in runs):
+        available = sorted({k for r in runs for k, v in r.records[-1].items() if _is_number(v)})
+        raise PruningCurveError(f"--metric {metric}: in no run's last record; available: {', '.join(available)}")
+
+    points: dict[tuple[str, float], Point] = {}
+    for run in runs:
+        if len(run.records) > 1:
+            notes.append(f"{run.name}: {len(run.records)} rounds (not a pruning run?); the last, round "
+                         f"{run.records[-1]['round']}, is used")
+        rec = run.records[-1]
+        rate = pruning_rate_of(run)
+        strategy = strategy_of(run)
+        if strategy is None:
+            strategy = MISSING
+            notes.append(f"{run.name}: no 'initial_strategy' in results.jsonl nor 'al.initial_strategy.name' "
+                         f"in config.yaml; grouped under '{MISSING}'")
+        if metric not in rec:
+            notes.append(f"{run.name}: no '{metric}' in its last record; left out")
+            continue
+        v = rec[metric]
+        if not _is_number(v) or not np.isfinite(v):
+            raise PruningCurveError(f"{_where(run)}: '{metric}' must be a finite number, got {v!r}")
+        p = points.setdefault((strategy, rate), Point(strategy, rate))
+        p.runs.append(run)
+        p.values.append(float(v))
+        if _is_number(rec.get("labeled_images")):
+            p.kept.append(float(rec["labeled_images"]))
+    for p in points.values():
+        seeds = [r.value("seed") for r in p.runs]
+        dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1}, key=str)
+        if dup:
+            notes.append(f"{p.strategy} at pruning rate {p.rate:g}: seed(s) {', '.join(map(str, dup))} "
+                         f"appear in more than one run")
+    return [points[k] for k in sorted(points)]
+
+
+# --------------------------------------------------------------------------- output
+def _fmt_rate(rate: float) -> str:
+    return f"{rate:.{DECIMALS}f}"
+
+
+def _fmt_kept(p: Point) -> str:
+    k = p.kept_mean
+    if k is None:
+        return "-"
+    return str(int(k)) if float(k).is_integer() else f"{k:.1f}"
+
+
+def _fmt_value(p: Point, digits: int = 3) -> str:
+    return f"{p.mean:.{digits}f}" if p.n == 1 else f"{p.mean:.{digits}f} ± {p.std:.{digits}f}"
+
+
+def table_rows(points: list[Point], metric: str) -> tuple[list[str], list[list[str]]]:
+    header = ["strategy", "pruning rate", "kept images", metric, "n"]
+    rows = [[p.strategy, _fmt_rate(p.rate), _fmt_kept(p), _fmt_value(p), str(p.n)] for p in points]
+    return header, rows
+
+
+def to_csv(points: list[Point], metric: str) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["strategy", "pruning_rate", "n", "kept_images", f"{metric}_mean", f"{metric}_std"])
+    for p in points:
+        k = p.kept_mean
+        w.writerow([p.strategy, _fmt_rate(p.rate), p.n, "" if k is None else f"{k:.10g}", f"{p.mean:.10g}",
+                    f"{p.std:.10g}" if p.n > 1 else ""])
+    return buf.getvalue()
+
+
+def to_markdown(points: list[Point], metric: str, notes: list[str]) -> str:
+    header, rows = table_rows(points, metric)
+
+    def line(cells):
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [line(header), "|" + "|".join("---" if i == 0 else "--:" for i in range(len(header))) + "|"]
+    out += [line(r) for r in rows]
+    out.append("")
+    out.append(f"{metric}: mean ± std over the n runs (seeds) of each strategy and pruning rate; std is the "
+               "population std (ddof=0). Kept images: mean. Pruning rate = 1 - kept images / pool images.")
+    if notes:
+        out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def print_table(points: list[Point], metric: str, notes: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = table_rows(points, metric)
+    table = Table(title=f"{PROG}: {metric} (mean ± std over seeds)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=h == metric)
+    prev = None
+    for strategy, *cells in rows:
+        if prev is not None and strategy != prev:
+            table.add_section()
+        table.add_row(strategy if strategy != prev else "", *cells)
+        prev = strategy
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(table)
+    for n in notes:
+        console.print(f"note: {n}", highlight=False, markup=False)
+
+
+def plot_curve(points: list[Point], metric: str, path: str | Path) -> Path:
+    """The metric against the pruning rate, one line per strategy (mean), a band of ± one std."""
+    from alseg.plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_strategy: dict[str, list[Point]] = {}
+    for p in points:
+        by_strategy.setdefault(p.strategy, []).append(p)
+    for strategy, ps in by_strategy.items():
+        ps = sorted(ps, key=lambda p: p.rate)
+        x = np.array([p.rate for p in ps])
+        y = np.array([p.mean for p in ps])
+        s = np.array([p.std for p in ps])
+        ns = sorted({p.n for p in ps})
+        n = f" (n={ns[0]})" if len(ns) == 1 else f" (n={ns[0]}-{ns[-1]})"
+        (line,) = ax.plot(x, y, marker="o", label=strategy + n)
+        if max(ns) > 1:
+            ax.fill_between(x, y - s, y + s, alpha=0.2, color=line.get_color())
+    ax.set_xlabel("pruning rate (1 - kept / pool images)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if by_strategy:
+        ax.legend(fontsize=8)
+    ax.set_title(f"{metric} against pruning rate (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def pruning_curve(paths: Sequence[str | os.PathLike], metric: str = DEFAULT_METRIC,
+                  out: str | os.PathLike = ".", show: bool = True) -> list[Point]:
+    """Read and group the runs; write pruning.csv, pruning.md and pruning.png to ``out``."""
+    out = Path(out)
+    notes: list[str] = []
+    points = collect(paths, metric, notes)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PruningCurveError(f"{out}: cannot create output folder ({e})") from None
+    _write_text(out / "pruning.csv", to_csv(points, metric))
+    _write_text(out / "pruning.md", to_markdown(points, metric, notes))
+    plot_curve(points, metric, out / "pruning.png")
+    if show:
+        print_table(points, metric, notes)
+        n_runs = sum(p.n for p in points)
+        n_strat = len({p.strategy for p in points})
+        print(f"{n_runs} run(s), {n_strat} strateg{'y' if n_strat == 1 else 'ies'}, {len(points)} point(s); wrote "
+              f"{out / 'pruning.csv'}, {out / 'pruning.md'}, {out / 'pruning.png'}")
+    return points
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example: python tools/pruning_curve.py runs/tfdp_pruning --out reports/tfdp")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_PARENT",
+                   help="run folders, or folders searched recursively for run folders (results.jsonl)")
+    p.add_argument("--metric", default=DEFAULT_METRIC, metavar="KEY",
+                   help="result key to plot (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
+                   help="folder for pruning.csv/.md/.png (default: .)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        pruning_curve(args.paths, args.metric.strip(), args.out)
+    except AlsegError as e:
+        msg = " ".join(str(e).split())  # one line, always
+        parser.exit(2, f"{PROG}: error: {msg}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

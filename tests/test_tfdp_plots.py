@@ -1,0 +1,255 @@
+"""TFDP figures (score distribution, kept vs pruned examples), their alseg-prune options, and
+tools/pruning_curve.py on hand-written run folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from alseg.errors import DataError
+from alseg.tfdp import score_dataset, select_top
+from alseg.tfdp.cli import main as prune_main
+from alseg.tfdp.plots import _pick, plot_kept_vs_pruned, plot_score_distribution
+from alseg.tools.pruning_curve import main as curve_main
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 48, 64
+
+
+# -------------------------------------------------------------------------------------------------
+# a small COCO dataset with images on disk
+
+
+def poly_ann(aid, image_id, cat, pts):
+    xs, ys = pts[0::2], pts[1::2]
+    x0, y0 = min(xs), min(ys)
+    return {"id": aid, "image_id": image_id, "category_id": cat, "segmentation": [pts], "iscrowd": 0,
+            "area": 1.0, "bbox": [x0, y0, max(xs) - x0, max(ys) - y0]}
+
+
+def rect(x0, y0, x1, y1):
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def ell(x0, y0, s):
+    """An L shape of size s (more complex than a square)."""
+    t = max(2, s // 4)
+    return [x0, y0, x0 + t, y0, x0 + t, y0 + s - t, x0 + s, y0 + s - t, x0 + s, y0 + s, x0, y0 + s]
+
+
+def make_coco() -> dict:
+    anns = [
+        poly_ann(1, 1, 1, rect(4, 4, 30, 30)),
+        poly_ann(2, 2, 1, ell(4, 4, 30)),
+        poly_ann(3, 2, 2, ell(30, 10, 28)),
+        poly_ann(4, 3, 2, rect(10, 10, 40, 40)),
+        poly_ann(5, 4, 1, ell(2, 2, 20)),
+        poly_ann(6, 4, 2, rect(30, 5, 60, 20)),
+        poly_ann(7, 4, 2, ell(30, 22, 20)),
+        poly_ann(8, 5, 1, rect(20, 20, 44, 44)),
+    ]
+    images = [{"id": i, "file_name": f"img_{i}.png", "height": H, "width": W} for i in range(1, 7)]  # 6: no instance
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bird"}]}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    data = make_coco()
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for im in data["images"]:
+        assert cv2.imwrite(str(image_dir / im["file_name"]), rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(data))
+    return data, image_dir, ann_file
+
+
+def _is_png(path: Path, shape_min=(50, 50)) -> bool:
+    img = cv2.imread(str(path))
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and img is not None and img.shape[0] >= shape_min[0]
+
+
+# -------------------------------------------------------------------------------------------------
+# plots
+
+
+def test_score_distribution_png(dataset, tmp_path):
+    data, _, _ = dataset
+    for variant in ("si_cb_scs", "scs"):
+        result = score_dataset(data, variant=variant, workers=1)
+        out = plot_score_distribution(result, data, tmp_path / "fig" / f"dist_{variant}.png")
+        assert out == tmp_path / "fig" / f"dist_{variant}.png" and _is_png(out)
+    assert not list((tmp_path / "fig").glob("*.tmp*"))
+    # Nothing scored at all: still a (empty) figure, no crash.
+    empty = {"images": data["images"], "annotations": [], "categories": data["categories"]}
+    assert _is_png(plot_score_distribution(score_dataset(empty, workers=1), empty, tmp_path / "empty.png"))
+
+
+def test_pick_kept_highest_and_pruned_lowest(dataset):
+    data, _, _ = dataset
+    result = score_dataset(data, variant="si_scs", workers=1)
+    score = result.image_score_map()
+    kept = select_top(result, keep=0.5)
+    assert len(kept) == 3
+    top, pruned = _pick(result, set(kept), 2)
+    assert set(top) <= set(kept) and not set(pruned) & set(kept)
+    assert [score[i] for i in top] == sorted((score[i] for i in kept), reverse=True)[:2]
+    rest = [i for i in score if i not in kept]
+    assert [score[i] for i in pruned] == sorted(score[i] for i in rest)[:2]
+    assert pruned[0] == 6 and score[6] == 0  # the image without instance is pruned first
+    with pytest.raises(DataError, match="999"):
+        _pick(result, {999}, 2)
+
+
+def test_kept_vs_pruned_png_and_errors(dataset, tmp_path):
+    data, image_dir, _ = dataset
+    result = score_dataset(data, variant="si_cb_scs", workers=1)
+    kept = select_top(result, keep=0.5)
+    out = plot_kept_vs_pruned(result, data, image_dir, kept, tmp_path / "ex.png", n=4)  # fewer than 4 per row: ok
+    assert _is_png(out)
+    assert _is_png(plot_kept_vs_pruned(result, data, image_dir, iter(kept), tmp_path / "ex2.png", n=2))
+    # All kept: the bottom row is empty but the figure is made.
+    assert _is_png(plot_kept_vs_pruned(result, data, image_dir, result.image_ids.tolist(), tmp_path / "all.png", n=2))
+
+    for bad_dir in (None, tmp_path / "nowhere"):
+        with pytest.raises(DataError) as e:
+            plot_kept_vs_pruned(result, data, bad_dir, kept, tmp_path / "x.png")
+        assert "\n" not in str(e.value)
+    (image_dir / "img_6.png").unlink()  # the lowest-scored pruned image
+    with pytest.raises(DataError) as e:
+        plot_kept_vs_pruned(result, data, image_dir, kept, tmp_path / "x.png")
+    assert "img_6.png" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_prune_cli_plot_options(dataset, tmp_path, capsys):
+    _, image_dir, ann_file = dataset
+    base = ["--ann", str(ann_file), "--keep", "0.5", "--out", str(tmp_path / "kept.json"),
+            "--scores", str(tmp_path / "s.csv"), "--no-cache", "--no-progress", "--workers", "1"]
+    rc = prune_main(base + ["--plot-scores", str(tmp_path / "p" / "scores.png"),
+                            "--plot-examples", str(tmp_path / "p" / "examples.png"), "--images", str(image_dir),
+                            "--num-examples", "2"])
+    assert rc == 0
+    assert _is_png(tmp_path / "p" / "scores.png") and _is_png(tmp_path / "p" / "examples.png")
+    out = capsys.readouterr().out
+    assert "kept 3 of 6 images" in out and "scores.png" in out and "examples.png" in out
+    assert len(json.loads((tmp_path / "kept.json").read_text())["images"]) == 3
+
+    cases = [
+        (["--plot-examples", str(tmp_path / "e.png")], "--images"),  # needs --images
+        (["--plot-examples", str(tmp_path / "e.png"), "--images", str(tmp_path / "nowhere")], "nowhere"),
+        (["--plot-scores", str(tmp_path / "s.csv")], "different files"),
+        (["--plot-examples", str(tmp_path / "e.png"), "--images", str(image_dir), "--num-examples", "0"], "--num-examples"),
+    ]
+    for extra, needle in cases:
+        with pytest.raises(SystemExit) as e:
+            prune_main(base + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("alseg-prune: error: ") and err.count("\n") == 1, err
+        assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "e.png").exists()
+    (image_dir / "img_6.png").unlink()
+    with pytest.raises(SystemExit) as e:
+        prune_main(base + ["--plot-examples", str(tmp_path / "e.png"), "--images", str(image_dir)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "img_6.png" in err and err.count("\n") == 1
+
+
+# -------------------------------------------------------------------------------------------------
+# pruning_curve
+
+# strategy -> pruning rate -> mask_AP per seed (0, 1)
+VALUES = {
+    "tfdp": {0.5: (0.30, 0.34), 0.75: (0.25, 0.29)},
+    "random": {0.5: (0.20, 0.30), 0.75: (0.10, 0.16)},
+}
+EXPECTED = {  # hand-computed mean, population std (ddof=0)
+    ("tfdp", "0.500"): (0.32, 0.02),
+    ("tfdp", "0.750"): (0.27, 0.02),
+    ("random", "0.500"): (0.25, 0.05),
+    ("random", "0.750"): (0.13, 0.03),
+}
+
+
+def make_runs(root: Path) -> Path:
+    exp = root / "runs" / "pruning"
+    for strategy, by_rate in VALUES.items():
+        for rate, vals in by_rate.items():
+            for seed, ap in enumerate(vals):
+                run = exp / f"{strategy}_{rate}_s{seed}"
+                run.mkdir(parents=True)
+                labeled = round(200 * (1 - rate))
+                (run / "config.yaml").write_text(
+                    f"seed: {seed}\nal:\n  rounds: 0\n  initial: {labeled}\n  initial_strategy:\n    name: {strategy}\n")
+                rec = {"round": 0, "labeled_images": labeled, "pool_images": 200, "strategy": "random",
+                       "seed": seed, "mask_AP": ap, "mask_AP50": ap + 0.2, "box_AP": ap + 0.05}
+                if strategy == "tfdp":  # in the record; 'random' runs: config fallback, rate from counts
+                    rec["initial_strategy"] = strategy
+                    rec["pruning_rate"] = 1 - labeled / 200 + 1e-5  # rounded to 3 decimals
+                (run / "results.jsonl").write_text(json.dumps(rec) + "\n")
+    return exp
+
+
+def test_pruning_curve_means_and_std(tmp_path, capsys):
+    exp = make_runs(tmp_path)
+    out = tmp_path / "report"
+    assert curve_main([str(exp), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tfdp" in printed and "random" in printed and "0.320 ± 0.020" in printed
+    with open(out / "pruning.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["strategy", "pruning_rate", "n", "kept_images", "mask_AP_mean", "mask_AP_std"]
+    got = {(r["strategy"], r["pruning_rate"]): r for r in rows}
+    assert set(got) == set(EXPECTED)
+    for key, (mean, std) in EXPECTED.items():
+        r = got[key]
+        assert int(r["n"]) == 2
+        assert float(r["mask_AP_mean"]) == pytest.approx(mean, abs=1e-9)
+        assert float(r["mask_AP_std"]) == pytest.approx(std, abs=1e-9)
+        assert float(r["kept_images"]) == (100 if key[1] == "0.500" else 50)
+    md = (out / "pruning.md").read_text()
+    assert "| tfdp | 0.500 | 100 | 0.320 ± 0.020 | 2 |" in md
+    assert _is_png(out / "pruning.png")
+
+    # Another metric, and the thin script.
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "pruning_curve.py"), str(exp), "--metric", "box_AP",
+                           "--out", str(out / "box")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "box" / "pruning.csv", newline="") as f:
+        box = {(r["strategy"], r["pruning_rate"]): float(r["box_AP_mean"]) for r in csv.DictReader(f)}
+    assert box[("random", "0.750")] == pytest.approx(0.18)
+
+
+def _error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        curve_main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert err.startswith("pruning_curve: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_pruning_curve_bad_input(tmp_path, capsys):
+    exp = make_runs(tmp_path)
+    out = str(tmp_path / "o")
+    assert "--metric nope" in _error([str(exp), "--metric", "nope", "--out", out], capsys)
+    assert "no such file" in _error([str(tmp_path / "missing"), "--out", out], capsys)
+    bad = exp / "tfdp_0.5_s0" / "results.jsonl"
+    bad.write_text('{"round": 0, "mask_AP": 0.3\n')
+    assert "not valid JSON" in _error([str(exp), "--out", out], capsys)
+    bad.write_text('{"round": 0, "mask_AP": 0.3}\n')  # no pruning rate, no counts
+    assert "pruning_rate" in _error([str(exp), "--out", out], capsys)
+    bad.write_text('{"round": 0, "mask_AP": 0.3, "pruning_rate": 1.5}\n')
+    assert "[0, 1]" in _error([str(exp), "--out", out], capsys)
+    bad.write_text('{"round": 0, "mask_AP": "high", "pruning_rate": 0.5}\n')
+    assert "mask_AP" in _error([str(exp), "--out", out], capsys)
+    assert not Path(out).exists()
