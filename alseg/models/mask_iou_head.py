@@ -107,7 +107,7 @@ def train_mask_iou_head(model, dataset, iters: int, lr: float, device: str = "cp
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     head.eval()
     for name, p in model.named_parameters():
         p.requires_grad_(trainable[name])
