@@ -154,3 +154,18 @@ def test_uncertainty_and_taudis_rankings_on_constructed_predictions(data):
     # ties 1-1 and the larger summed uncertainty (image 2's log 2 > image 3) decides.
     ranked = [q.image_id for q in Taudis(alpha=3, beta=2, sigma=0.9).rank(ctx, Budget(1), rng)]
     assert ranked[:2] == [2, 3] and ranked[-1] == 4
+
+
+def test_no_detection_at_all_falls_back_to_random_order(data):
+    from alseg.engine.pool_inference import PoolPredictions
+    from alseg.strategies.taudis import Taudis, UncertaintyImages
+
+    empty = PoolPredictions(image_ids=[1, 2, 3, 4], image_index=np.zeros(0, np.int64), boxes=np.zeros((0, 4), np.float32),
+                            scores=np.zeros(0, np.float32), labels=np.zeros(0, np.int64),
+                            class_probs=np.zeros((0, 2), np.float32), mask_probs=np.zeros((0, 28, 28), np.float16),
+                            embeddings=np.zeros((0, 3), np.float32), image_embeddings=np.eye(4, 3, dtype=np.float32))
+    ctx = _ctx(data, model="unused")
+    ctx._providers["pool_predictions"] = lambda: empty
+    for strat in (Taudis(), UncertaintyImages()):
+        ranked = strat.rank(ctx, Budget(2), np.random.default_rng(3))
+        assert sorted(q.image_id for q in ranked) == [1, 2, 3, 4]

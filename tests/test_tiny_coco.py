@@ -3,11 +3,15 @@
 import json
 import math
 
+import pytest
+
 from alseg.engine.loop import ActiveLearningLoop
 
 
-def test_tiny_coco_end_to_end(cfg_factory, tmp_path, tiny_coco):
+@pytest.mark.parametrize("strategy", ["random", "taudis"])
+def test_tiny_coco_end_to_end(cfg_factory, tmp_path, tiny_coco, strategy):
     cfg = cfg_factory(
+        f"strategy={strategy}",
         "dataset=tiny_coco",
         f"dataset.train_ann={tiny_coco}/annotations/instances_train2017.json",
         f"dataset.train_images={tiny_coco}/images/train2017",
@@ -31,3 +35,17 @@ def test_tiny_coco_end_to_end(cfg_factory, tmp_path, tiny_coco):
     sel = json.loads((run / "round_000" / "selection.json").read_text())
     # Image cost: absent-class checks (1 s each of 80) plus 79.2 s per instance mask.
     assert sel["seconds"] > 6 * 70
+
+
+def test_tiny_coco_tfdp_pruning(cfg_factory, tmp_path, tiny_coco):
+    cfg = cfg_factory(
+        "dataset=tiny_coco",
+        f"dataset.train_ann={tiny_coco}/annotations/instances_train2017.json",
+        f"dataset.train_images={tiny_coco}/images/train2017",
+        f"dataset.val_ann={tiny_coco}/annotations/instances_val2017.json",
+        f"dataset.val_images={tiny_coco}/images/val2017",
+        "model=maskrcnn_r18_coco", "model.min_size=160", "model.max_size=224",
+        "strategy@al.initial_strategy=tfdp", "al.initial=0.5", "al.rounds=0", "trainer.schedule.iters=4",
+    )
+    records = ActiveLearningLoop(cfg, tmp_path / "run").run()
+    assert records[0]["initial_strategy"] == "tfdp" and records[0]["pruning_rate"] == pytest.approx(0.5, abs=0.02)

@@ -104,6 +104,8 @@ def segmentation_entropy(mask_probs: np.ndarray) -> np.ndarray:
     """
     m = np.asarray(mask_probs)
     n = m.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
     m = m.reshape(n, -1)
     out = np.empty(n, dtype=np.float64)
     if m.shape[1] == 0:
@@ -166,7 +168,7 @@ def weighted_sum_per_image(values: np.ndarray, areas: np.ndarray, image_index: n
     v = np.asarray(values, dtype=np.float64).ravel()
     idx = _check_index(image_index, v.shape[0], n_images)
     w = instance_weights(areas, idx, image_sizes)
-    sums = np.bincount(idx, weights=w * v, minlength=n_images)
+    sums = np.bincount(idx, weights=w * v, minlength=n_images).astype(np.float64)  # int when empty
     counts = np.bincount(idx, minlength=n_images)
     sums[counts == 0] = fill_empty
     return sums
@@ -191,7 +193,7 @@ def weighted_sum_per_image_class(values: np.ndarray, areas: np.ndarray, labels: 
         raise ValueError(f"labels out of range [0, {n_classes})")
     w = instance_weights(areas, idx, image_sizes)
     flat = idx * n_classes + lab
-    sums = np.bincount(flat, weights=w * v, minlength=n_images * n_classes)
+    sums = np.bincount(flat, weights=w * v, minlength=n_images * n_classes).astype(np.float64)
     counts = np.bincount(flat, minlength=n_images * n_classes)
     sums[counts == 0] = np.nan
     return sums.reshape(n_images, n_classes)
