@@ -85,7 +85,8 @@ def test_gradient_is_divided_by_the_number_of_pairs_and_cell_centres_hit_one_cel
     # A 56-pixel box: cell j is centred at x1 + 2 * j + 1.
     boxes = torch.tensor([[0.0, 0.0, 56.0, 56.0], [4.0, 4.0, 32.0, 32.0]])
     cls = torch.tensor([1, 1])
-    pts = torch.tensor([[7.0, 13.0, 0.0], [4.5, 4.5, 1.0], [100.0, 5.0, 1.0]])  # cell (6, 3); cell (0, 0) of roi 1; outside
+    # Cell (6, 3) of proposal 0; cell (0, 0) of proposal 1; outside proposal 1.
+    pts = torch.tensor([[7.0, 13.0, 0.0], [4.5, 4.5, 1.0], [100.0, 5.0, 1.0]])
     rois = torch.tensor([0, 1, 1])
     total, n = point_loss_terms(logits, boxes, cls, pts, rois)
     assert n == 2
