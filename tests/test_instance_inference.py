@@ -1,6 +1,6 @@
 import torch
 
-from alseg.models.instance_inference import predict_instances
+from alseg.models.instance_inference import anchor_predictions, predict_instances
 from alseg.models.maskrcnn import build_maskrcnn
 
 
@@ -43,3 +43,20 @@ def test_pool_inference_keeps_compact_arrays(tmp_path):
     assert pp.mask_probs.dtype == np.float16 and pp.mask_probs.shape == (21, 28, 28)
     assert pp.class_probs.shape == (21, data.train.num_classes + 1) and pp.image_embeddings.shape == (3, 64)
     assert (pp.areas >= 0).all()
+
+
+def test_anchor_predictions_are_the_proposals_matched_to_each_instance():
+    from torchvision.ops import box_iou
+
+    torch.manual_seed(0)
+    model = build_maskrcnn(2, min_size=64, max_size=64).eval()
+    image = torch.rand(3, 64, 64)
+    gt = torch.tensor([[8.0, 8.0, 40.0, 40.0], [0.0, 0.0, 2.0, 2.0]])
+    sets = anchor_predictions(model, image, gt, torch.tensor([1, 2]), iou_threshold=0.3)
+    assert len(sets) == 2
+    probs, boxes = sets[0]
+    assert probs.shape[1:] == (28, 28) and len(probs) == len(boxes) > 0
+    assert (box_iou(gt[:1], boxes) >= 0.3 - 1e-4).all()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    # A 2-pixel instance has no matching proposal: an empty set (K = 0).
+    assert sets[1][0].shape == (0, 28, 28) and sets[1][1].shape == (0, 4)

@@ -80,3 +80,40 @@ def predict_instances(model: MaskRCNN, images: list[torch.Tensor], paste_masks: 
         if paste_masks:
             d["masks"] = paste_masks_in_image(d["mask_probs"][:, None], d["boxes"], original)
     return dets
+
+
+@torch.no_grad()
+def anchor_predictions(model: MaskRCNN, image: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                       iou_threshold: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """APIS's multiple-anchors prediction set (Sec. 3.2 (a)): for each ground-truth instance, the
+    RPN proposals that training would assign to it (box IoU >= the RoI heads' foreground threshold),
+    each giving the mask probabilities of the instance's known class at RoI resolution.
+
+    Returns, per ground-truth instance, (mask_probs (K, M, M), proposal boxes (K, 4) in the original
+    image frame); K = 0 when no proposal matches.
+    """
+    model.eval()
+    rh = model.roi_heads
+    thr = rh.proposal_matcher.high_threshold if iou_threshold is None else iou_threshold
+    original = tuple(image.shape[-2:])
+    image_list, _ = model.transform([image])
+    size = image_list.image_sizes[0]
+    features = model.backbone(image_list.tensors)
+    proposals, _ = model.rpn(image_list, features)
+    props = proposals[0]
+    gt = resize_boxes(gt_boxes.to(props), original, size)
+    if len(gt) == 0:
+        return []
+    iou = box_ops.box_iou(gt, props)  # (G, P)
+    out = []
+    for g in range(len(gt)):
+        idx = torch.where(iou[g] >= thr)[0]
+        if idx.numel() == 0:
+            r = rh.mask_roi_pool.output_size
+            m = 2 * (r[0] if isinstance(r, (list, tuple)) else r)  # the predictor upsamples the RoI x2
+            out.append((props.new_zeros((0, m, m)), props.new_zeros((0, 4))))
+            continue
+        boxes = props[idx]
+        logits = rh.mask_predictor(rh.mask_head(rh.mask_roi_pool(features, [boxes], [size])))
+        out.append((logits[:, int(gt_labels[g])].sigmoid(), resize_boxes(boxes, size, original)))
+    return out
