@@ -8,7 +8,9 @@ from typing import Callable, Iterable
 from alseg.annotation.queries import Query
 from alseg.errors import ConfigError
 
-UNITS = ("images", "instances", "points", "seconds")
+# "all": no limit, the strategy's whole list is labeled (APIS: a box and a point for every
+# instance before round 1, one point per instance at every step).
+UNITS = ("images", "instances", "points", "seconds", "all")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Budget:
         In seconds, a query that would overrun the budget is skipped and cheaper ones further down
         the ranking may still fit (the annotator's time is the budget, not the rank order).
         """
+        if self.unit == "all":
+            return list(ranked)
         taken, spent, images = [], 0.0, set()
         for q in ranked:
             if self.unit == "images":

@@ -26,6 +26,7 @@ from alseg.data.torch_dataset import ImageView, TrainingSet
 from alseg.data.transforms import build_transforms
 from alseg.engine.evaluate import evaluate
 from alseg.engine.pool_inference import infer_pool
+from alseg.models.point_supervision import PointSupRoIHeads
 from alseg.models.mask_iou_head import iou_prediction_errors, train_mask_iou_head
 from alseg.engine.state import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
@@ -98,7 +99,9 @@ class ActiveLearningLoop:
         data: DataSplits = build(self.cfg.dataset, "dataset")
         n = len(data.train.images)
         init = self.cfg.al.initial
-        if isinstance(init, float) and 0 < init <= 1:
+        if str(self.cfg.al.get("initial_unit", "images")) == "all":
+            self.initial_budget = Budget(1, "all")
+        elif isinstance(init, float) and 0 < init <= 1:
             self.initial_budget = Budget(max(1, round(init * n)), "images")
         else:
             if not isinstance(init, (int, float)) or init < 1:
@@ -106,7 +109,7 @@ class ActiveLearningLoop:
             self.initial_budget = Budget(int(init), str(self.cfg.al.get("initial_unit", "images")))
         if self.initial_budget.unit == "images" and self.initial_budget.amount > n:
             raise ConfigError(f"al.initial ({int(self.initial_budget.amount)} images) is larger than the pool ({n} images)")
-        if self.budget.unit == "images":
+        if self.budget.unit == "images" and self.initial_budget.unit == "images":
             need = self.initial_budget.amount + self.rounds * self.budget.amount
             if self.rounds and self.budget.amount > n - self.initial_budget.amount:
                 raise ConfigError(f"al.budget ({int(self.budget.amount)} images) is larger than the unlabeled pool "
@@ -281,8 +284,8 @@ class ActiveLearningLoop:
     def _train(self, k: int, data: DataSplits, ledger: Ledger, previous):
         views = ledger.training_views()
         partial = [i for i, v in views.items() if v.box_ann_ids - v.mask_ann_ids]
-        if partial:
-            raise ConfigError("box- or point-only instances need point-supervised training, which this model does not do yet")
+        if partial and not isinstance(self._initial_model.roi_heads, PointSupRoIHeads):
+            raise ConfigError("instances labeled by boxes or points need model.point_supervision=true")
         if self.cfg.al.policy == "finetune" and k > 0:
             model = self._maybe_load(previous, data, k - 1)
             iters = self.finetune_iters

@@ -122,6 +122,7 @@ def build_maskrcnn(
     box_score_thresh: float = 0.05,
     box_detections_per_img: int = 100,
     mask_iou: dict | None = None,
+    point_supervision: bool = False,
 ) -> MaskRCNN:
     """A torchvision ``MaskRCNN`` whose every size is a config value.
 
@@ -167,6 +168,10 @@ def build_maskrcnn(
         model.mask_iou_head = MaskIoUHead(fpn_channels, conv_dim=int(mask_iou.get("conv_dim", 64)),
                                           fc_dim=int(mask_iou.get("fc_dim", 256)), sqrt=bool(mask_iou.get("sqrt", True)))
         model.mask_iou_cfg = {"iters": int(mask_iou.get("iters", 200)), "lr": float(mask_iou.get("lr", 0.01))}
+    if point_supervision:  # APIS / PointSup: instances labeled by points train the mask head
+        from alseg.models.point_supervision import enable_point_supervision
+
+        enable_point_supervision(model)
     if weights not in (None, "", "none", "null"):
         _load_coco_weights(model, weights, backbone, fpn_channels)
     if checkpoint:
