@@ -30,3 +30,20 @@ def test_point_labels_need_a_point_supervised_model(cfg_factory, tmp_path):
     cfg = cfg_factory("experiment=apis_synthetic", "model=maskrcnn_r18_small", "al.rounds=0")
     with pytest.raises(ConfigError, match="point_supervision"):
         ActiveLearningLoop(cfg, tmp_path / "run").run()
+
+
+@pytest.mark.parametrize("level, metric", [("instance", "mean_entropy"), ("image", "detection_loss")])
+def test_afis_spends_the_seconds_of_apis(cfg_factory, tmp_path, level, metric):
+    apis = ActiveLearningLoop(cfg_factory("experiment=apis_synthetic", "strategy=apis_random", "al.rounds=0"),
+                              tmp_path / "apis").run()
+    n_inst = apis[0]["labeled_boxes"]
+    # Per step 3 s per instance (the tiny pool would not afford one 79.2 s mask at 0.9 s per instance).
+    afis = ActiveLearningLoop(cfg_factory("experiment=afis_synthetic", f"strategy.level={level}",
+                                          f"strategy.metric={metric}", "al.rounds=1", "al.initial=7.9", "al.budget=3.0"),
+                              tmp_path / "afis").run()
+    # Round 0: every box plus random masks within the seconds of APIS's P0 (here the points' 0.9 s x 80
+    # instances = 72 s buy no 79.2 s mask), never more, at most one mask less.
+    assert afis[0]["labeled_boxes"] == n_inst and afis[0]["labeled_masks"] == int(0.9 * n_inst // 79.2)
+    assert apis[0]["seconds"] - 79.2 < afis[0]["seconds"] <= apis[0]["seconds"] + 1e-6
+    step = afis[1]["seconds"] - afis[0]["seconds"]
+    assert 3.0 * n_inst - 79.2 < step <= 3.0 * n_inst + 1e-6 and afis[1]["labeled_masks"] > afis[0]["labeled_masks"]

@@ -10,7 +10,9 @@ from alseg.errors import ConfigError
 
 # "all": no limit, the strategy's whole list is labeled (APIS: a box and a point for every
 # instance before round 1, one point per instance at every step).
-UNITS = ("images", "instances", "points", "seconds", "all")
+# "seconds_per_instance": seconds times the pool's instance count (an APIS step is 0.9 s per
+# instance; AFIS spends the same seconds on masks, APIS Sec. 3.3 and Fig. 7).
+UNITS = ("images", "instances", "points", "seconds", "all", "seconds_per_instance")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,12 @@ class Budget:
         if not isinstance(self.amount, (int, float)) or self.amount <= 0:
             raise ConfigError(f"budget amount must be > 0, got {self.amount!r}")
 
+    def resolve(self, num_instances: int) -> "Budget":
+        """The same budget in a unit ``take`` counts directly."""
+        if self.unit == "seconds_per_instance":
+            return Budget(self.amount * max(num_instances, 1), "seconds")
+        return self
+
     def take(self, ranked: Iterable[Query], cost_of: Callable[[Query], float],
              instances_of: Callable[[Query], int]) -> list[Query]:
         """The longest prefix of a ranked query list that fits the budget.
@@ -33,6 +41,8 @@ class Budget:
         """
         if self.unit == "all":
             return list(ranked)
+        if self.unit == "seconds_per_instance":
+            raise ValueError("resolve() a seconds_per_instance budget against the pool first")
         taken, spent, images = [], 0.0, set()
         for q in ranked:
             if self.unit == "images":

@@ -99,14 +99,18 @@ class ActiveLearningLoop:
         data: DataSplits = build(self.cfg.dataset, "dataset")
         n = len(data.train.images)
         init = self.cfg.al.initial
-        if str(self.cfg.al.get("initial_unit", "images")) == "all":
+        unit = str(self.cfg.al.get("initial_unit", "images"))
+        if unit == "all":
             self.initial_budget = Budget(1, "all")
-        elif isinstance(init, float) and 0 < init <= 1:
+        elif unit == "images" and isinstance(init, float) and 0 < init <= 1:
             self.initial_budget = Budget(max(1, round(init * n)), "images")
         else:
-            if not isinstance(init, (int, float)) or init < 1:
-                raise ConfigError(f"al.initial must be an image count >= 1 or a fraction in (0, 1], got {init!r}")
-            self.initial_budget = Budget(int(init), str(self.cfg.al.get("initial_unit", "images")))
+            if not isinstance(init, (int, float)) or init <= 0 or (unit == "images" and init < 1):
+                raise ConfigError(f"al.initial must be an image count >= 1, a fraction in (0, 1] or an amount "
+                                  f"in al.initial_unit, got {init!r}")
+            self.initial_budget = Budget(int(init) if unit == "images" else init, unit)
+        n_inst = sum(len(r.instances) for r in data.train.images)
+        self.initial_budget, self.budget = self.initial_budget.resolve(n_inst), self.budget.resolve(n_inst)
         if self.initial_budget.unit == "images" and self.initial_budget.amount > n:
             raise ConfigError(f"al.initial ({int(self.initial_budget.amount)} images) is larger than the pool ({n} images)")
         if self.budget.unit == "images" and self.initial_budget.unit == "images":
