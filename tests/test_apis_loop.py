@@ -47,3 +47,29 @@ def test_afis_spends_the_seconds_of_apis(cfg_factory, tmp_path, level, metric):
     assert apis[0]["seconds"] - 79.2 < afis[0]["seconds"] <= apis[0]["seconds"] + 1e-6
     step = afis[1]["seconds"] - afis[0]["seconds"]
     assert 3.0 * n_inst - 79.2 < step <= 3.0 * n_inst + 1e-6 and afis[1]["labeled_masks"] > afis[0]["labeled_masks"]
+
+
+def test_apis_step_reports_the_papers_point_analyses(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    records = ActiveLearningLoop(cfg_factory("experiment=apis_synthetic", "strategy=apis", "al.rounds=1",
+                                             "strategy.match_iou=0.3"), run).run()
+    r1 = records[1]
+    assert r1["selection/points"] == r1["labeled_points"] // 2
+    assert r1["selection/boundary_distance"] >= 0 and r1["selection/boundary_distance_random"] >= 0
+    analysis = json.loads((run / "round_001" / "selection.json").read_text())["analysis"]
+    if "misclassified_fraction" in analysis:  # only when the untrained model matched a proposal
+        assert 0.0 <= analysis["misclassified_fraction"] <= 1.0
+        assert (run / "round_001" / "apis_points.png").is_file()
+
+
+def test_distance_to_boundary_by_hand():
+    import numpy as np
+
+    from alseg.strategies.apis import _distance_to_boundary
+
+    m = np.zeros((11, 11), np.uint8)
+    m[3:8, 3:8] = 1  # a 5x5 square
+    d = _distance_to_boundary(m)
+    # The centre is 3 pixels from the nearest background pixel; a pixel 2 columns left of the
+    # square is 2 pixels from the nearest foreground pixel.
+    assert d[5, 5] == pytest.approx(3.0) and d[5, 1] == pytest.approx(2.0) and d[5, 3] == pytest.approx(1.0)

@@ -237,6 +237,7 @@ class ActiveLearningLoop:
             raise ConfigError(f"round {k}: the unlabeled pool is empty; lower al.rounds or al.budget")
         ctx = SelectionContext(round_index=k, data=data.train, ledger=ledger, unlabeled=unlabeled, labeled=labeled,
                                oracle=oracle, model=model, device=self.device, progress=self.progress,
+                               round_dir=self.round_dir(k),
                                _providers={
                                    "reference_model": lambda: self._reference_model(data),
                                    "pool_predictions": lambda: self._infer(model, data, unlabeled),
@@ -251,9 +252,10 @@ class ActiveLearningLoop:
             labels = oracle.answer(q)
             seconds += sum(lab.seconds for lab in labels)
             ledger.add(labels, k)
+        analysis = strategy.analyze(ctx, queries)
         atomic_write_json(self.round_dir(k) / "selection.json", {
             "round": k, "strategy": strategy.name, "budget": {"amount": budget.amount, "unit": budget.unit},
-            "seconds": seconds, "queries": [q.to_dict() for q in queries]})
+            "seconds": seconds, "analysis": analysis, "queries": [q.to_dict() for q in queries]})
         log.info("round %d: %s selected %d queries (%.0f s of annotation)", k, strategy.name, len(queries), seconds)
 
     def _infer(self, model, data: DataSplits, image_ids: list[int]):
@@ -326,5 +328,7 @@ class ActiveLearningLoop:
             record.update(self._extra_train_metrics)
         if getattr(model, "mask_iou_head", None) is not None:
             record.update(iou_prediction_errors(model, data.val, device=self.device))
+        analysis = read_json(self.round_dir(k) / "selection.json").get("analysis", {})
+        record.update({f"selection/{key}": v for key, v in analysis.items() if isinstance(v, (int, float))})
         atomic_write_json(self.round_dir(k) / "metrics.json", record)
         return record

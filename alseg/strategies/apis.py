@@ -69,6 +69,7 @@ class ApisPoints(Strategy):
         if self.metric != "random" and ctx.model is None:
             raise ConfigError(f"strategy {self.name!r} needs the previous round's model; use apis_initial first")
         scored: list[tuple[float, Query]] = []
+        self._maps: dict[int, tuple[np.ndarray, tuple]] = {}  # ann_id -> (prediction maps, box), for analyze()
         for image_id, view in sorted(ctx.ledger.training_views().items()):
             rec = ctx.data.by_id[image_id]
             insts = [i for i in rec.instances if i.ann_id in view.box_ann_ids]
@@ -89,6 +90,7 @@ class ApisPoints(Strategy):
                 probs, pboxes = (t.cpu().numpy() for t in pred)
                 grid = self._grid(box)
                 maps = bring_many_to_box(probs, pboxes, box, grid) if len(probs) else np.zeros((0, *grid))
+                self._maps[inst.ann_id] = (maps, box)
                 if self.metric in ("max_error", "least_error"):
                     gt = self._gt_on_grid(rec, inst, box, grid)
                     choice = select_point_error(maps, gt, self.metric.split("_")[0], rng, box)
@@ -101,6 +103,41 @@ class ApisPoints(Strategy):
                                                           sign * scored[k][0] if not math.isnan(scored[k][0]) else 0.0, k))
         return [scored[k][1] for k in order]
 
+    def analyze(self, ctx: SelectionContext, queries: list[Query], max_instances: int = 500,
+                max_pictures: int = 6) -> dict:
+        """Sec. 4.3 and Fig. 4 of the paper, for the points just selected: the fraction the previous
+        model misclassified (its mean prediction at the point, thresholded at 0.5, against the
+        label), the mean distance to the ground-truth boundary against random points in the same
+        boxes, and a picture per sampled instance (ground truth, prediction, uncertainty, point)."""
+        maps = getattr(self, "_maps", {})
+        rng = np.random.default_rng(0)
+        wrong, dist, dist_random, shown = [], [], [], []
+        for q in [q for q in queries if q.kind == "point"][:max_instances]:
+            rec, inst = ctx.oracle.instance(q.ann_id)
+            mask = decode_segmentation(inst.segmentation, rec.height, rec.width)
+            to_edge = _distance_to_boundary(mask)
+            col, row = min(int(q.x), rec.width - 1), min(int(q.y), rec.height - 1)
+            dist.append(float(to_edge[row, col]))
+            x1, y1 = inst.bbox[0], inst.bbox[1]
+            rx, ry = random_point_in_box((x1, y1, x1 + inst.bbox[2], y1 + inst.bbox[3]), rng)
+            dist_random.append(float(to_edge[min(int(ry), rec.height - 1), min(int(rx), rec.width - 1)]))
+            pred = maps.get(q.ann_id)
+            if pred is not None and len(pred[0]):
+                mean = pred[0].mean(0)
+                xs, ys = cell_centers(pred[1], *mean.shape)
+                p = mean[int(np.abs(ys - q.y).argmin()), int(np.abs(xs - q.x).argmin())]
+                wrong.append(float((p >= 0.5) != bool(mask[row, col])))
+                if len(shown) < max_pictures:
+                    shown.append((mask, pred, q))
+        out = {"points": len(dist)}
+        if dist:
+            out.update(boundary_distance=float(np.mean(dist)), boundary_distance_random=float(np.mean(dist_random)))
+        if wrong:
+            out["misclassified_fraction"] = float(np.mean(wrong))
+        if shown and ctx.round_dir is not None:
+            _plot_points(shown, ctx.round_dir / "apis_points.png")
+        return out
+
     @staticmethod
     def _gt_on_grid(rec, inst, box, grid) -> np.ndarray:
         """The ground-truth mask at the grid's cell centres (the oracle probes of Table 1)."""
@@ -109,3 +146,36 @@ class ApisPoints(Strategy):
         cols = np.clip(np.floor(xs).astype(int), 0, rec.width - 1)
         rows = np.clip(np.floor(ys).astype(int), 0, rec.height - 1)
         return mask[np.ix_(rows, cols)].astype(np.float64)
+
+
+def _distance_to_boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixel distance to the mask's boundary, inside and outside (Fig. 4c)."""
+    import cv2
+
+    m = mask.astype(np.uint8)
+    inside = cv2.distanceTransform(m, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+    return np.where(m > 0, inside, outside)
+
+
+def _plot_points(shown, path) -> None:
+    """Fig. 4a: per instance, the ground truth in its box, the mean prediction, the entropy, the point."""
+    import matplotlib.pyplot as plt
+
+    from alseg.plots import save_figure
+    from alseg.strategies.apis_core import entropy_map
+
+    fig, axes = plt.subplots(len(shown), 3, figsize=(7.5, 2.5 * len(shown)), squeeze=False)
+    for row, (mask, (maps, box), q) in enumerate(shown):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        crop = mask[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
+        extent = (box[0], box[2], box[3], box[1])
+        for col, (img, title) in enumerate(((crop, "ground truth"), (maps.mean(0), "prediction"),
+                                            (entropy_map(maps), "entropy"))):
+            ax = axes[row, col]
+            ax.imshow(img, extent=extent, cmap="viridis", vmin=0, vmax=1 if col < 2 else np.log(2))
+            ax.plot([q.x], [q.y], "r+", markersize=12, mew=2)
+            ax.set_title(f"{title} (ann {q.ann_id})", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)

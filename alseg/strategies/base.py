@@ -7,6 +7,7 @@ more (random needs nothing; an uncertainty strategy needs 'predictions' on the u
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +30,7 @@ class SelectionContext:
     model: Any = None  # the model of the previous round (None at round 0)
     device: str = "cpu"
     progress: bool = False
+    round_dir: Path | None = None  # where a strategy may leave pictures of its choices
     _providers: dict[str, Callable[[], Any]] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -54,6 +56,10 @@ class Strategy:
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         """Queries in order of preference (at least enough to fill the budget when possible)."""
         raise NotImplementedError
+
+    def analyze(self, ctx: SelectionContext, queries: list[Query]) -> dict:
+        """Figures about what was selected (written to selection.json and the round's results)."""
+        return {}
 
     def select(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         ranked = self.rank(ctx, budget, rng)
