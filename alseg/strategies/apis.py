@@ -153,8 +153,8 @@ def _distance_to_boundary(mask: np.ndarray) -> np.ndarray:
     import cv2
 
     m = mask.astype(np.uint8)
-    inside = cv2.distanceTransform(m, cv2.DIST_L2, 3)
-    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+    inside = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     return np.where(m > 0, inside, outside)
 
 
