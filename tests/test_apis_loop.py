@@ -73,3 +73,28 @@ def test_distance_to_boundary_by_hand():
     # The centre is 3 pixels from the nearest background pixel; a pixel 2 columns left of the
     # square is 2 pixels from the nearest foreground pixel.
     assert d[5, 5] == pytest.approx(3.0) and d[5, 1] == pytest.approx(2.0) and d[5, 3] == pytest.approx(1.0)
+
+
+def test_flip_prediction_set_maps_back_to_the_original_frame():
+    import torch
+
+    from alseg.models.instance_inference import anchor_predictions
+    from alseg.models.maskrcnn import build_maskrcnn
+    from alseg.strategies.apis import ApisPoints
+
+    torch.manual_seed(0)
+    model = build_maskrcnn(2, min_size=64, max_size=64).eval()
+    image = torch.rand(3, 64, 64)
+    boxes = torch.tensor([[10.0, 12.0, 30.0, 40.0]])
+    labels = torch.tensor([1])
+    plain = ApisPoints(match_iou=0.1)._prediction_sets(model, image, boxes, labels)
+    both = ApisPoints(match_iou=0.1, flip=True)._prediction_sets(model, image, boxes, labels)
+    # The flipped run on its own: the mirrored image and the mirrored box (x -> 64 - x).
+    probs_f, boxes_f = anchor_predictions(model, image.flip(-1), torch.tensor([[34.0, 12.0, 54.0, 40.0]]), labels, 0.1)[0]
+    k, kf = len(plain[0][0]), len(probs_f)
+    assert k + kf > 0 and len(both[0][0]) == k + kf
+    # The flipped run's maps and proposals come back mirrored into the original frame.
+    torch.testing.assert_close(both[0][0][k:], probs_f.flip(-1))
+    torch.testing.assert_close(both[0][1][k:, [0, 2]], 64 - boxes_f[:, [2, 0]])
+    multi = ApisPoints(match_iou=0.1, scales=[48, 64])._prediction_sets(model, image, boxes, labels)
+    assert len(multi[0][0]) >= k and model.transform.min_size == (64,)

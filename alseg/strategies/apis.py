@@ -51,8 +51,13 @@ class ApisPoints(Strategy):
     name = "apis"
 
     def __init__(self, name: str | None = None, metric: str = "entropy", max_cells: int = 64,
-                 match_iou: float | None = None):
+                 match_iou: float | None = None, scales: list[int] | None = None, flip: bool = False):
         super().__init__(name)
+        if scales is not None and (not scales or any(int(v) < 16 for v in scales)):
+            raise ConfigError(f"strategy.scales must be null or a list of image sizes >= 16, got {scales}")
+        # The multiple-scales set S (Sec. 3.2 (c)): the model run at several input sizes (and
+        # flipped), every run's anchors concatenated into one prediction set.
+        self.scales, self.flip = ([int(v) for v in scales] if scales else None), flip
         if metric not in POINT_METRICS:
             raise ConfigError(f"strategy.metric must be one of {POINT_METRICS}, got {metric!r}")
         if max_cells < 1:
@@ -80,8 +85,8 @@ class ApisPoints(Strategy):
                 sets = [None] * len(insts)
             else:
                 image = to_tensor(read_image(rec)).to(ctx.device)
-                sets = anchor_predictions(ctx.model, image, torch.tensor(boxes, dtype=torch.float32),
-                                          torch.tensor([i.label for i in insts]), self.match_iou)
+                sets = self._prediction_sets(ctx.model, image, torch.tensor(boxes, dtype=torch.float32),
+                                             torch.tensor([i.label for i in insts]))
             for inst, box, pred in zip(insts, boxes, sets):
                 if pred is None:
                     x, y = random_point_in_box(box, rng)
@@ -102,6 +107,27 @@ class ApisPoints(Strategy):
         order = sorted(range(len(scored)), key=lambda k: (math.isnan(scored[k][0]),
                                                           sign * scored[k][0] if not math.isnan(scored[k][0]) else 0.0, k))
         return [scored[k][1] for k in order]
+
+    def _prediction_sets(self, model, image, boxes, labels):
+        """Per instance (probs (K, M, M), proposal boxes (K, 4)) over every scale and flip."""
+        transform = model.transform
+        sizes = self.scales or [None]
+        runs = []
+        saved = (transform.min_size, transform.max_size)
+        try:
+            for size in sizes:
+                if size is not None:
+                    transform.min_size, transform.max_size = (size,), max(size, saved[1] * size // max(saved[0]))
+                runs.append(anchor_predictions(model, image, boxes, labels, self.match_iou))
+                if self.flip:
+                    w = image.shape[-1]
+                    fboxes = boxes[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor([w, 0.0, w, 0])
+                    flipped = anchor_predictions(model, image.flip(-1), fboxes, labels, self.match_iou)
+                    runs.append([(p.flip(-1), b[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1], device=b.device)
+                                  + torch.tensor([w, 0.0, w, 0], device=b.device)) for p, b in flipped])
+        finally:
+            transform.min_size, transform.max_size = saved
+        return [(torch.cat([r[g][0] for r in runs]), torch.cat([r[g][1] for r in runs])) for g in range(len(boxes))]
 
     def analyze(self, ctx: SelectionContext, queries: list[Query], max_instances: int = 500,
                 max_pictures: int = 6) -> dict:
