@@ -347,15 +347,15 @@ def to_markdown(groups: list[Group], metrics: Sequence[str], group_header: str, 
     return "\n".join(out) + "\n"
 
 
-def print_table(groups: list[Group], metrics: Sequence[str], group_header: str, notes: list[str]) -> None:
+def print_grouped_table(title: str, columns: Sequence[str], rows: list[list[str]], notes: list[str],
+                        no_wrap: Sequence[str] = ()) -> None:
+    """A rich table whose first column names a group, shown once per group with a rule between groups."""
     from rich.console import Console
     from rich.table import Table
 
-    header, rows = table_rows(groups, metrics)
-    table = Table(title="alseg-compare (mean ± std over seeds)")
-    table.add_column(group_header, justify="left")
-    for h in header:
-        table.add_column(h, justify="right", no_wrap=h in metrics)
+    table = Table(title=title)
+    for i, h in enumerate(columns):
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=h in no_wrap)
     prev = None
     for g_label, *cells in rows:
         if prev is not None and g_label != prev:
@@ -368,6 +368,11 @@ def print_table(groups: list[Group], metrics: Sequence[str], group_header: str, 
     console.print(table)
     for n in notes:
         console.print(f"note: {n}", highlight=False, markup=False)
+
+
+def print_table(groups: list[Group], metrics: Sequence[str], group_header: str, notes: list[str]) -> None:
+    header, rows = table_rows(groups, metrics)
+    print_grouped_table("alseg-compare (mean ± std over seeds)", [group_header, *header], rows, notes, metrics)
 
 
 def _write_text(path: Path, text: str) -> None:

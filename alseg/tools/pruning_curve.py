@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from alseg.errors import AlsegError
-from alseg.tools.compare import MISSING, Run, _is_number, _write_text, find_results, read_results
+from alseg.tools.compare import MISSING, Run, _is_number, _write_text, find_results, print_grouped_table, read_results
 
 PROG = "pruning_curve"
 DEFAULT_METRIC = "mask_AP"
@@ -192,25 +192,8 @@ def to_markdown(points: list[Point], metric: str, notes: list[str]) -> str:
 
 
 def print_table(points: list[Point], metric: str, notes: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     header, rows = table_rows(points, metric)
-    table = Table(title=f"{PROG}: {metric} (mean ± std over seeds)")
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=h == metric)
-    prev = None
-    for strategy, *cells in rows:
-        if prev is not None and strategy != prev:
-            table.add_section()
-        table.add_row(strategy if strategy != prev else "", *cells)
-        prev = strategy
-    console = Console()
-    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
-        console = Console(width=200)
-    console.print(table)
-    for n in notes:
-        console.print(f"note: {n}", highlight=False, markup=False)
+    print_grouped_table(f"{PROG}: {metric} (mean ± std over seeds)", header, rows, notes, [metric])
 
 
 def plot_curve(points: list[Point], metric: str, path: str | Path) -> Path:
