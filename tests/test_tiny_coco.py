@@ -8,10 +8,15 @@ import pytest
 from alseg.engine.loop import ActiveLearningLoop
 
 
-@pytest.mark.parametrize("strategy", ["random", "taudis"])
+STRATEGIES = ["random", "taudis", "taudis_img", "coreset", "round_robin", "avg_cm", "iou_guided"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_tiny_coco_end_to_end(cfg_factory, tmp_path, tiny_coco, strategy):
+    extra = ["+model.mask_iou.iters=2", "strategy.score_threshold=0.0"] if strategy == "iou_guided" else []
     cfg = cfg_factory(
         f"strategy={strategy}",
+        *extra,
         "dataset=tiny_coco",
         f"dataset.train_ann={tiny_coco}/annotations/instances_train2017.json",
         f"dataset.train_images={tiny_coco}/images/train2017",
