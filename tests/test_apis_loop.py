@@ -98,3 +98,11 @@ def test_flip_prediction_set_maps_back_to_the_original_frame():
     torch.testing.assert_close(both[0][1][k:, [0, 2]], 64 - boxes_f[:, [2, 0]])
     multi = ApisPoints(match_iou=0.1, scales=[48, 64])._prediction_sets(model, image, boxes, labels)
     assert len(multi[0][0]) >= k and model.transform.min_size == (64,)
+
+
+def test_multiple_models_set_trains_and_keeps_an_ensemble(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    records = ActiveLearningLoop(cfg_factory("experiment=apis_synthetic", "strategy=apis", "strategy.models=2",
+                                             "strategy.metric=variance", "al.rounds=1"), run).run()
+    assert records[1]["labeled_points"] == 2 * records[0]["labeled_points"]
+    assert (run / "round_000" / "ensemble_1.pt").is_file()

@@ -240,6 +240,8 @@ class ActiveLearningLoop:
                                round_dir=self.round_dir(k),
                                _providers={
                                    "reference_model": lambda: self._reference_model(data),
+                                   "ensemble": lambda: self._ensemble(k - 1, data, ledger, model,
+                                                                      getattr(strategy, "ensemble_size", 1)),
                                    "pool_predictions": lambda: self._infer(model, data, unlabeled),
                                    "labeled_predictions": lambda: self._infer(model, data, labeled),
                                })
@@ -279,6 +281,28 @@ class ActiveLearningLoop:
                   "reference train", seed=self.seed)
         atomic_torch_save({"model": model.state_dict(), "round": -1}, path)
         return model
+
+    def _ensemble(self, k: int, data: DataSplits, ledger: Ledger, model, size: int) -> list:
+        """The model of round k and size - 1 more trained on round k's labels from other random
+        initialisations (APIS's multiple-models set, Sec. 3.2 (b)). Each member is trained from
+        scratch with the round-0 schedule and kept in round_k/ensemble_i.pt for resumption."""
+        if model is None:
+            raise ConfigError("a multiple-models prediction set needs a trained model; it cannot be the initial strategy")
+        members = [model]
+        views = ledger.training_views()  # during selection: the labels through round k, what `model` saw
+        for i in range(1, size):
+            path = self.round_dir(k) / f"ensemble_{i}.pt"
+            torch.manual_seed(self.seed * 7919 + i)
+            member = build(self.cfg.model, "model", num_classes=data.train.num_classes).to(self.device)
+            if path.is_file():
+                member.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)["model"])
+            else:
+                seed = self.seed * 7919 + 1000 * i + k
+                self._fit(member, TrainingSet(data.train, views, self.transforms, seed=seed), self.train_cfg,
+                          f"ensemble {i} train", seed)
+                atomic_torch_save({"model": member.state_dict(), "round": k}, path)
+            members.append(member)
+        return members
 
     def _fit(self, model, dataset: TrainingSet, cfg: TrainerConfig, desc: str, seed: int) -> LossAverageHook:
         torch.manual_seed(seed)

@@ -51,8 +51,14 @@ class ApisPoints(Strategy):
     name = "apis"
 
     def __init__(self, name: str | None = None, metric: str = "entropy", max_cells: int = 64,
-                 match_iou: float | None = None, scales: list[int] | None = None, flip: bool = False):
+                 match_iou: float | None = None, scales: list[int] | None = None, flip: bool = False,
+                 models: int = 1):
         super().__init__(name)
+        if models < 1:
+            raise ConfigError(f"strategy.models must be >= 1, got {models}")
+        # The multiple-models set M (Sec. 3.2 (b)): with models > 1 the loop trains models - 1 more
+        # networks from other initialisations; every network's anchors join the prediction set.
+        self.ensemble_size = int(models)
         if scales is not None and (not scales or any(int(v) < 16 for v in scales)):
             raise ConfigError(f"strategy.scales must be null or a list of image sizes >= 16, got {scales}")
         # The multiple-scales set S (Sec. 3.2 (c)): the model run at several input sizes (and
@@ -73,6 +79,7 @@ class ApisPoints(Strategy):
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         if self.metric != "random" and ctx.model is None:
             raise ConfigError(f"strategy {self.name!r} needs the previous round's model; use apis_initial first")
+        models = (ctx.get("ensemble") if self.ensemble_size > 1 else [ctx.model]) if self.metric != "random" else []
         scored: list[tuple[float, Query]] = []
         self._maps: dict[int, tuple[np.ndarray, tuple]] = {}  # ann_id -> (prediction maps, box), for analyze()
         for image_id, view in sorted(ctx.ledger.training_views().items()):
@@ -85,8 +92,10 @@ class ApisPoints(Strategy):
                 sets = [None] * len(insts)
             else:
                 image = to_tensor(read_image(rec)).to(ctx.device)
-                sets = self._prediction_sets(ctx.model, image, torch.tensor(boxes, dtype=torch.float32),
-                                             torch.tensor([i.label for i in insts]))
+                gt_boxes, gt_labels = torch.tensor(boxes, dtype=torch.float32), torch.tensor([i.label for i in insts])
+                per_model = [self._prediction_sets(m, image, gt_boxes, gt_labels) for m in models]
+                sets = [(torch.cat([pm[g][0] for pm in per_model]), torch.cat([pm[g][1] for pm in per_model]))
+                        for g in range(len(insts))]
             for inst, box, pred in zip(insts, boxes, sets):
                 if pred is None:
                     x, y = random_point_in_box(box, rng)
