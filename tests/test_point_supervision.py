@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 
+from alseg.errors import ConfigError
 from alseg.models.maskrcnn import build_maskrcnn
 from alseg.models.point_supervision import (
     PointSupRoIHeads,
@@ -152,8 +153,9 @@ def test_full_mask_only_equals_torchvision():
     assert ours["loss_mask"].item() > 0
 
 
-def test_mixed_batch_weights_each_supervised_proposal_once():
-    model = enable_point_supervision(_tiny(box_batch_size_per_image=512)).train()
+@pytest.mark.parametrize("w", [1.0, 0.25])
+def test_mixed_batch_weights_each_supervised_proposal_once(w):
+    model = _tiny(box_batch_size_per_image=512, point_supervision=True, point_loss_weight=w).train()
     masks = torch.stack([_disc_mask(64, 24, 24, 14), torch.zeros(64, 64, dtype=torch.uint8),
                          torch.zeros(64, 64, dtype=torch.uint8)])
     # Instance 0: full mask; 1: points only (one outside some proposals); 2: box only.
@@ -177,7 +179,7 @@ def test_mixed_batch_weights_each_supervised_proposal_once():
     pts = torch.tensor([[48.5, 45.5, 1], [37.5, 58.5, 0], [48.5, 45.5, 1], [37.5, 58.5, 0]])
     total, n = point_loss_terms(logits[2:], pt_boxes, torch.tensor([2, 2]), pts, torch.tensor([0, 0, 1, 1]))
     assert n == 3
-    expected = (2 * l_m + 2 * (total / n)) / 4
+    expected = (2 * l_m + 2 * w * (total / n)) / 4
     torch.testing.assert_close(losses["loss_mask"], expected)
 
 
@@ -222,3 +224,9 @@ def test_transform_rescales_points_and_inference_is_unchanged():
     sx, sy = w / 40, h / 32
     torch.testing.assert_close(out[0]["points"], torch.tensor([[0, 10.5 * sx, 6.5 * sy, 1]]))
     torch.testing.assert_close(out[0]["boxes"], torch.tensor([[4 * sx, 4 * sy, 20 * sx, 20 * sy]]))
+
+
+@pytest.mark.parametrize("w", [0.0, -1.0, float("nan")])
+def test_point_loss_weight_must_be_positive(w):
+    with pytest.raises(ConfigError, match="model.point_loss_weight"):
+        _tiny(point_supervision=True, point_loss_weight=w)

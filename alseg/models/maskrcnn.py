@@ -123,6 +123,7 @@ def build_maskrcnn(
     box_detections_per_img: int = 100,
     mask_iou: dict | None = None,
     point_supervision: bool = False,
+    point_loss_weight: float = 1.0,
 ) -> MaskRCNN:
     """A torchvision ``MaskRCNN`` whose every size is a config value.
 
@@ -171,7 +172,7 @@ def build_maskrcnn(
     if point_supervision:  # APIS / PointSup: instances labeled by points train the mask head
         from alseg.models.point_supervision import enable_point_supervision
 
-        enable_point_supervision(model)
+        enable_point_supervision(model, point_loss_weight)
     if weights not in (None, "", "none", "null"):
         _load_coco_weights(model, weights, backbone, fpn_channels)
     if checkpoint:
