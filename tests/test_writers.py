@@ -33,6 +33,17 @@ def test_console_table_columns():
     assert list(t.columns[3].cells) == ["0.123"]
 
 
+def test_console_table_shows_partial_labels_when_there_are_some():
+    apis = {**_rec(0, 0.2), "labeled_images": 0, "images_with_labels": 30, "labeled_masks": 0,
+            "labeled_boxes": 90, "labeled_points": 90}
+    t = results_table([apis])
+    assert [c.header for c in t.columns] == ["round", "labeled images", "images with labels", "points",
+                                             "annotation hours", "mask AP", "mask AP50", "box AP"]
+    assert list(t.columns[3].cells) == ["90"]
+    full = {**_rec(0, 0.2), "images_with_labels": 10, "labeled_masks": 25, "labeled_points": 0}
+    assert len(results_table([full]).columns) == 6
+
+
 def test_wandb_offline_run_lives_in_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     w = WandbWriter(project="alseg-test", mode="offline")

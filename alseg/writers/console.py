@@ -17,12 +17,27 @@ COLUMNS = (
 )
 
 
+# Shown after "labeled images" when some record has partial labels (instance or point queries).
+PARTIAL_COLUMNS = (
+    ("images_with_labels", "images with labels", "{}"),
+    ("labeled_masks", "masks", "{}"),
+    ("labeled_points", "points", "{}"),
+)
+
+
+def _columns(records: list[dict]) -> list[tuple[str, str, str]]:
+    partial = any(r.get("images_with_labels", 0) != r.get("labeled_images", 0) for r in records)
+    extra = [c for c in PARTIAL_COLUMNS if partial and any(r.get(c[0]) for r in records)]
+    return [*COLUMNS[:2], *extra, *COLUMNS[2:]]
+
+
 def results_table(records: list[dict], title: str = "") -> Table:
     table = Table(title=title or None)
-    for _, header, _ in COLUMNS:
+    columns = _columns(records)
+    for _, header, _ in columns:
         table.add_column(header, justify="right")
     for r in records:
-        table.add_row(*(fmt.format(r[k]) if k in r else "-" for k, _, fmt in COLUMNS))
+        table.add_row(*(fmt.format(r[k]) if k in r else "-" for k, _, fmt in columns))
     return table
 
 
