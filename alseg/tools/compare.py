@@ -182,6 +182,23 @@ def read_results(path: Path) -> Run:
     return Run(path.parent, path, records, lines, notes)
 
 
+
+def read_finished_runs(paths: Sequence[str | os.PathLike], notes: list[str]) -> list[Run]:
+    """Every run under ``paths`` with at least one finished round; the others become notes.
+    Raises CompareError when none has any."""
+    runs = []
+    for res in find_results(paths):
+        run = read_results(res)
+        notes += run.notes
+        if not run.records:
+            notes.append(f"{run.name}: results.jsonl has no rounds yet; skipped")
+            continue
+        runs.append(run)
+    if not runs:
+        raise CompareError(f"{', '.join(map(str, paths))}: no run with any finished round (results.jsonl all empty)")
+    return runs
+
+
 # --------------------------------------------------------------------------- aggregation
 @dataclass
 class Row:
@@ -411,16 +428,7 @@ def compare(paths: Sequence[str | os.PathLike], metrics: Sequence[str] = DEFAULT
     """Read, group, aggregate; write compare.csv, compare.md, compare.png to ``out``."""
     out = Path(out)
     notes: list[str] = []
-    runs = []
-    for res in find_results(paths):
-        run = read_results(res)
-        notes += run.notes
-        if not run.records:
-            notes.append(f"{run.name}: results.jsonl has no rounds yet; skipped")
-            continue
-        runs.append(run)
-    if not runs:
-        raise CompareError(f"{', '.join(map(str, paths))}: no run with any finished round (results.jsonl all empty)")
+    runs = read_finished_runs(paths, notes)
     available = sorted({k for r in runs for rec in r.records for k, v in rec.items() if _is_number(v)})
     unknown = [m for m in metrics if not any(m in rec for r in runs for rec in r.records)]
     if unknown:

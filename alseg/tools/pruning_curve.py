@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from alseg.errors import AlsegError
-from alseg.tools.compare import MISSING, Run, _is_number, _write_text, find_results, print_grouped_table, read_results
+from alseg.tools.compare import MISSING, Run, _is_number, _write_text, print_grouped_table, read_finished_runs
 
 PROG = "pruning_curve"
 DEFAULT_METRIC = "mask_AP"
@@ -96,16 +96,7 @@ def pruning_rate_of(run: Run) -> float:
 
 def collect(paths: Sequence[str | os.PathLike], metric: str, notes: list[str]) -> list[Point]:
     """Runs under ``paths`` -> one Point per (strategy, pruning rate), sorted by strategy then rate."""
-    runs: list[Run] = []
-    for res in find_results(paths):
-        run = read_results(res)
-        notes += run.notes
-        if not run.records:
-            notes.append(f"{run.name}: results.jsonl has no rounds yet; skipped")
-            continue
-        runs.append(run)
-    if not runs:
-        raise PruningCurveError(f"{', '.join(map(str, paths))}: no run with any finished round (results.jsonl all empty)")
+    runs = read_finished_runs(paths, notes)
     if not any(metric in r.records[-1] for r in runs):
         available = sorted({k for r in runs for k, v in r.records[-1].items() if _is_number(v)})
         raise PruningCurveError(f"--metric {metric}: in no run's last record; available: {', '.join(available)}")
