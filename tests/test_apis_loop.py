@@ -17,6 +17,7 @@ def test_apis_run_labels_one_point_per_instance_per_step(cfg_factory, tmp_path, 
     n_inst = r0["labeled_boxes"]
     assert n_inst > 0 and r0["labeled_points"] == n_inst and r0["labeled_masks"] == 0
     assert r1["labeled_points"] == 2 * n_inst
+    assert "pruning_rate" not in r0  # no whole image is labeled: not a pruning run
     # Cost: a box (7 s) and a point (0.9 s) per instance, then a point per instance.
     assert r0["seconds"] == pytest.approx(n_inst * (7.0 + 0.9))
     assert r1["seconds"] == pytest.approx(n_inst * (7.0 + 0.9 + 0.9))

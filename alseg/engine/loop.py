@@ -345,8 +345,9 @@ class ActiveLearningLoop:
         counts = ledger.counts()
         pool = len(data.train.images)
         record = {"round": k, "strategy": strategy.name, "initial_strategy": initial_strategy.name, "seed": self.seed,
-                  **counts, "pool_images": pool, "pruning_rate": 1.0 - counts["labeled_images"] / pool,
-                  "seconds": seconds, "hours": seconds / 3600.0, **metrics}
+                  **counts, "pool_images": pool, "seconds": seconds, "hours": seconds / 3600.0, **metrics}
+        if counts["images_with_labels"] == counts["labeled_images"]:  # whole images only: a data-pruning run
+            record["pruning_rate"] = 1.0 - counts["labeled_images"] / pool
         if getattr(self, "_loss_hook", None) is not None:
             record.update(self._loss_hook.summary())
             record.update(self._extra_train_metrics)
