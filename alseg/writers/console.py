@@ -44,6 +44,8 @@ def results_table(records: list[dict], title: str = "") -> Table:
 class ConsoleWriter(MetricsWriter):
     def __init__(self):
         self.console = Console()
+        if not self.console.is_terminal:  # a log file or a pipe: no 80-column wrapping of the headers
+            self.console.width = 160
 
     def open(self, run_dir, config, resumed_records):
         self.records = list(resumed_records)
