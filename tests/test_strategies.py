@@ -169,3 +169,29 @@ def test_no_detection_at_all_falls_back_to_random_order(data):
     for strat in (Taudis(), UncertaintyImages()):
         ranked = strat.rank(ctx, Budget(2), np.random.default_rng(3))
         assert sorted(q.image_id for q in ranked) == [1, 2, 3, 4]
+
+
+def test_apis_reads_masks_through_a_models_own_anchor_predictions(data):
+    """Another architecture (e.g. CondInst) plugs in by a method on its model: here maps over the
+    whole 64 x 64 image, certain everywhere but at one pixel of the square of image 1."""
+    import torch
+
+    from alseg.annotation.queries import Query
+    from alseg.strategies.apis import ApisPoints
+
+    class WholeImageMaps:
+        def eval(self):
+            return self
+
+        def anchor_predictions(self, image, gt_boxes, gt_labels, iou_threshold):
+            probs = torch.full((2, 64, 64), 0.99)
+            probs[:, 15, 21] = 0.5  # the one uncertain pixel: x in [21, 22), y in [15, 16)
+            frame = torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 2)
+            return [(probs, frame) for _ in range(len(gt_boxes))]
+
+    ctx = _ctx(data, model=WholeImageMaps())
+    ctx.ledger.add(ctx.oracle.answer(Query("box", 1, 1)), 0)
+    (q,) = ApisPoints(metric="entropy").rank(ctx, Budget(1), np.random.default_rng(0))
+    assert (q.kind, q.image_id, q.ann_id) == ("point", 1, 1)
+    assert 21 <= q.x < 22 and 15 <= q.y < 16
+    assert q.score == pytest.approx(math.log(2))

@@ -91,7 +91,16 @@ def anchor_predictions(model: MaskRCNN, image: torch.Tensor, gt_boxes: torch.Ten
 
     Returns, per ground-truth instance, (mask_probs (K, M, M), proposal boxes (K, 4) in the original
     image frame); K = 0 when no proposal matches.
+
+    This is the one place the APIS and AFIS strategies read a model's masks. Another architecture
+    plugs in by giving its model class a method ``anchor_predictions(image, gt_boxes, gt_labels,
+    iou_threshold)`` with the same return value: a CondInst adapter returns, per instance, the mask
+    probabilities of the locations assigned to it with the frame each map covers (the whole image,
+    at mask-branch resolution); the strategies need no change.
     """
+    own = getattr(model, "anchor_predictions", None)
+    if callable(own):
+        return own(image, gt_boxes, gt_labels, iou_threshold)
     model.eval()
     rh = model.roi_heads
     thr = rh.proposal_matcher.high_threshold if iou_threshold is None else iou_threshold

@@ -119,10 +119,10 @@ class ApisPoints(Strategy):
 
     def _prediction_sets(self, model, image, boxes, labels):
         """Per instance (probs (K, M, M), proposal boxes (K, 4)) over every scale and flip."""
-        transform = model.transform
         sizes = self.scales or [None]
         runs = []
-        saved = (transform.min_size, transform.max_size)
+        transform = model.transform if self.scales else None  # only the scales set resizes inputs
+        saved = (transform.min_size, transform.max_size) if transform is not None else None
         try:
             for size in sizes:
                 if size is not None:
@@ -135,7 +135,8 @@ class ApisPoints(Strategy):
                     runs.append([(p.flip(-1), b[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1], device=b.device)
                                   + torch.tensor([w, 0.0, w, 0], device=b.device)) for p, b in flipped])
         finally:
-            transform.min_size, transform.max_size = saved
+            if transform is not None:
+                transform.min_size, transform.max_size = saved
         return [(torch.cat([r[g][0] for r in runs]), torch.cat([r[g][1] for r in runs])) for g in range(len(boxes))]
 
     def analyze(self, ctx: SelectionContext, queries: list[Query], max_instances: int = 500,
