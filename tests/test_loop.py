@@ -31,6 +31,8 @@ def test_tiny_run_computes_ap_and_writes_the_run_folder(cfg_factory, tmp_path):
     assert state["round"] == 3 and state["phase"] == "start"
     assert (run / "config.yaml").is_file() and (run / "ap_vs_hours.png").is_file() and (run / "results.csv").is_file()
     assert all((run / f"round_{k:03d}" / "model.pt").is_file() for k in range(3))
+    # Round 0 trains on trainer.schedule (6 iterations), fine-tuning rounds on trainer.finetune (4).
+    assert [r["train/iters"] for r in records] == [6, 4, 4]
     # Selections never repeat an image.
     ids = [q["image_id"] for sel in _selections(run) for q in sel]
     assert len(ids) == len(set(ids)) == 12
@@ -89,7 +91,7 @@ def test_more_rounds_extend_a_finished_run_and_other_changes_are_refused(cfg_fac
         ("al.rounds=10", "exceeds the pool of 24 images"),
         ("al.policy=sometimes", "al.policy"),
         ("al.budget_unit=hours", "budget unit"),
-        ("trainer.schedule.lr=-1", "trainer.lr"),
+        ("trainer.schedule.lr=-1", "trainer.schedule.lr"),
         ("model.backbone=vgg", "model.backbone"),
         ("model.anchor_sizes=[8,16]", "model.anchor_sizes"),
         ("dataset.num_classes=9", "num_classes"),
@@ -121,3 +123,30 @@ def test_pruning_run_keeps_a_fraction_chosen_once(cfg_factory, tmp_path, initial
     scores = [q["score"] for q in sel["queries"]]
     assert scores == sorted(scores, reverse=True)  # the kept images are the best-scored ones
     assert (run / "reference" / "model.pt").is_file() == (initial == "entropy_reference")
+
+
+@pytest.mark.parametrize("policy", ["finetune", "reset"])
+def test_finetune_rounds_train_on_the_finetune_schedule(cfg_factory, tmp_path, monkeypatch, policy):
+    used = []
+    real_init = trainer_mod.Trainer.__init__
+
+    def spying_init(self, model, dataset, cfg, *args, **kwargs):
+        used.append((cfg.iters, cfg.lr, list(cfg.steps), cfg.warmup_iters, cfg.batch_size))
+        real_init(self, model, dataset, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "__init__", spying_init)
+    cfg = cfg_factory("al.rounds=1", f"al.policy={policy}", "trainer.finetune.lr=0.005", "trainer.finetune.steps=[]",
+                      "trainer.finetune.warmup_iters=0")
+    ActiveLearningLoop(cfg, tmp_path / "run").run()
+    schedule = (6, 0.02, [0.8], 2, 2)
+    # Fields left null (batch_size here) come from trainer.schedule.
+    assert used == [schedule, (4, 0.005, [], 0, 2) if policy == "finetune" else schedule]
+
+
+@pytest.mark.parametrize("override, fragment", [("trainer.finetune.iters=0", "trainer.finetune.iters must be >= 1"),
+                                                ("trainer.finetune.lr=fast", "trainer.finetune.lr must be a number"),
+                                                ("+trainer.finetune.lr_decay=2", "trainer.finetune.lr_decay is not a schedule field"),
+                                                ("trainer.schedule.grad_clip=-1", "trainer.schedule.grad_clip must be > 0")])
+def test_bad_schedules_are_config_errors(cfg_factory, tmp_path, override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        ActiveLearningLoop(cfg_factory(override), tmp_path / "run")

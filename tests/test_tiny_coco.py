@@ -29,7 +29,7 @@ def test_tiny_coco_end_to_end(cfg_factory, tmp_path, tiny_coco, strategy):
         "al.budget=6",
         "al.rounds=1",
         "trainer.schedule.iters=4",
-        "trainer.finetune_iters=2",
+        "trainer.finetune.iters=2",
     )
     run = tmp_path / "run"
     records = ActiveLearningLoop(cfg, run).run()

@@ -15,7 +15,7 @@ def test_lr_schedule_warmup_then_steps():
 
 @pytest.mark.parametrize("field, value", [("iters", 0), ("lr", -1.0), ("momentum", 1.0), ("steps", [1.5])])
 def test_invalid_trainer_values(field, value):
-    with pytest.raises(ConfigError, match=f"trainer.{field}"):
+    with pytest.raises(ConfigError, match=f"trainer.schedule.{field}"):
         TrainerConfig(**{field: value}).validate()
 
 

@@ -86,11 +86,11 @@ class ActiveLearningLoop:
         if al.keep_checkpoints not in ("all", "last"):
             raise ConfigError(f"al.keep_checkpoints must be all or last, got {al.keep_checkpoints!r}")
         self.costs = CostTable(**OmegaConf.to_container(cfg.cost))
-        self.train_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer.schedule))
-        self.train_cfg.validate()
-        self.finetune_iters = int(cfg.trainer.get("finetune_iters") or self.train_cfg.iters)
-        if self.finetune_iters < 1:
-            raise ConfigError(f"trainer.finetune_iters must be >= 1, got {self.finetune_iters}")
+        self.train_cfg = TrainerConfig.from_mapping(OmegaConf.to_container(cfg.trainer.schedule), "trainer.schedule")
+        # Rounds >= 1 under al.policy=finetune: the schedule with trainer.finetune's non-null fields
+        # (APIS Sec. 4.1 / Fig. 2b compare such schedules).
+        self.finetune_cfg = self.train_cfg.with_overrides(
+            OmegaConf.to_container(cfg.trainer.get("finetune") or {}), "trainer.finetune")
         self.transforms = build_transforms(OmegaConf.to_container(cfg.trainer.transforms))
         self.budget = Budget(float(al.budget), str(al.budget_unit))
 
@@ -318,17 +318,16 @@ class ActiveLearningLoop:
             raise ConfigError("instances labeled by boxes or points need model.point_supervision=true")
         if self.cfg.al.policy == "finetune" and k > 0:
             model = self._maybe_load(previous, data, k - 1)
-            iters = self.finetune_iters
+            cfg = self.finetune_cfg
         else:
             model = self._build_model(data.train.num_classes)
-            iters = self.train_cfg.iters
-        cfg = TrainerConfig(**{**self.train_cfg.__dict__, "iters": iters})
+            cfg = self.train_cfg
         seed = self.seed * 1009 + k
         dataset = TrainingSet(data.train, views, self.transforms, seed=seed)
         self._loss_hook = self._fit(model, dataset, cfg, f"round {k} train", seed)
-        self._extra_train_metrics = {}
+        self._extra_train_metrics = {"train/iters": cfg.iters, "train/base_lr": cfg.lr}
         if getattr(model, "mask_iou_head", None) is not None:
-            self._extra_train_metrics = train_mask_iou_head(
+            self._extra_train_metrics |= train_mask_iou_head(
                 model, dataset, device=self.device, seed=seed, progress=self.progress,
                 batch_size=self.train_cfg.batch_size, **model.mask_iou_cfg)
         atomic_torch_save({"model": model.state_dict(), "round": k}, self.round_dir(k) / "model.pt")

@@ -32,7 +32,16 @@ class TrainerConfig:
     amp: bool = True  # only takes effect on CUDA
     num_workers: int = 0
 
-    def validate(self) -> None:
+    def validate(self, where: str = "trainer.schedule") -> None:
+        for name, value in self.__dict__.items():
+            kind = _FIELD_KINDS[name]
+            ok = (isinstance(value, (list, tuple)) and all(_is_number(v) for v in value) if kind == "list"
+                  else isinstance(value, bool) if kind == "bool"
+                  else (value is None or _is_number(value)) if kind == "number?"
+                  else isinstance(value, int) and not isinstance(value, bool) if kind == "int"
+                  else _is_number(value))
+            if not ok:
+                raise ConfigError(f"{where}.{name} must be {_KIND_WORDS[kind]}, got {value!r}")
         checks = [
             (self.iters >= 1, "iters must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -48,7 +57,20 @@ class TrainerConfig:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ConfigError(f"trainer.{msg}")
+                raise ConfigError(f"{where}.{msg}")
+
+    @classmethod
+    def from_mapping(cls, fields: dict, where: str) -> "TrainerConfig":
+        """Built from a config mapping and validated; errors name ``where`` (e.g. trainer.schedule)."""
+        _check_fields(fields, where)
+        out = cls(**fields)
+        out.validate(where)
+        return out
+
+    def with_overrides(self, overrides: dict, where: str) -> "TrainerConfig":
+        """A copy with the non-null fields of ``overrides`` replaced (null keeps this one's)."""
+        _check_fields(overrides, where)
+        return self.from_mapping({**self.__dict__, **{k: v for k, v in overrides.items() if v is not None}}, where)
 
     def lr_factor(self, it: int) -> float:
         f = self.gamma ** sum(it >= int(s * self.iters) for s in self.steps)
@@ -56,6 +78,24 @@ class TrainerConfig:
             alpha = it / self.warmup_iters
             f *= self.warmup_factor * (1 - alpha) + alpha
         return f
+
+
+_FIELD_KINDS = {"iters": "int", "batch_size": "int", "warmup_iters": "int", "num_workers": "int", "lr": "number",
+                "momentum": "number", "weight_decay": "number", "warmup_factor": "number", "gamma": "number",
+                "grad_clip": "number?", "steps": "list", "amp": "bool"}
+_KIND_WORDS = {"int": "an integer", "number": "a number", "number?": "a number or null", "list": "a list of numbers",
+               "bool": "true or false"}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_fields(fields: dict, where: str) -> None:
+    unknown = sorted(set(fields) - set(TrainerConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]} is not a schedule field; "
+                          f"choose from {sorted(TrainerConfig.__dataclass_fields__)}")
 
 
 class InfiniteSampler(Sampler):
