@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from alseg.annotation.budget import Budget
@@ -51,7 +49,7 @@ def test_oracle_answers_from_ground_truth(data):
         Query("point", 2, 12)
 
 
-def test_ledger_views_seconds_and_round_trip(data):
+def test_ledger_views_seconds_and_round_trip(data, tmp_path):
     o = Oracle(data, CostTable())
     led = Ledger()
     led.add(o.answer(image_query(1)), 0)
@@ -63,8 +61,13 @@ def test_ledger_views_seconds_and_round_trip(data):
     views = led.training_views()
     assert views[1].full_image and views[1].mask_ann_ids == {10, 11}
     assert views[2].mask_ann_ids == {12} and views[2].points == [(12, 3.5, 5.0, 1)]
-    # state round trip through JSON gives the same ledger
-    again = Ledger(json.loads(json.dumps(led.to_list())))
+    # Written round by round and read back, it is the same ledger.
+    again = Ledger()
+    for k in (0, 1):
+        led.save_round(k, tmp_path / f"labels_{k}.jsonl")
+        again.load_round(k, tmp_path / f"labels_{k}.jsonl")
+    assert len((tmp_path / "labels_1.jsonl").read_text().splitlines()) == 2
+    assert again.entries == led.entries
     assert again.training_views() == views and again.seconds() == led.seconds()
     again.drop_round(1)
     assert again.counts()["labeled_points"] == 0 and again.seconds() == pytest.approx(160.4)

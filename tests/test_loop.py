@@ -28,7 +28,11 @@ def test_tiny_run_computes_ap_and_writes_the_run_folder(cfg_factory, tmp_path):
     lines = (run / "results.jsonl").read_text().splitlines()
     assert [json.loads(l)["round"] for l in lines] == [0, 1, 2]
     state = json.loads((run / "state.json").read_text())
-    assert state["round"] == 3 and state["phase"] == "start"
+    assert state["round"] == 3 and state["phase"] == "start" and "ledger" not in state
+    # Each round's labels are in its own file: 4 images a round, with every instance mask.
+    labels = [[json.loads(l) for l in (run / f"round_{k:03d}" / "labels.jsonl").read_text().splitlines()] for k in range(3)]
+    assert [len({e["image_id"] for e in lab if e["kind"] == "image"}) for lab in labels] == [4, 4, 4]
+    assert sum(e["seconds"] for lab in labels for e in lab) == pytest.approx(records[-1]["seconds"])
     assert (run / "config.yaml").is_file() and (run / "ap_vs_hours.png").is_file() and (run / "results.csv").is_file()
     assert all((run / f"round_{k:03d}" / "model.pt").is_file() for k in range(3))
     # Round 0 trains on trainer.schedule (6 iterations), fine-tuning rounds on trainer.finetune (4).
@@ -150,3 +154,29 @@ def test_finetune_rounds_train_on_the_finetune_schedule(cfg_factory, tmp_path, m
 def test_bad_schedules_are_config_errors(cfg_factory, tmp_path, override, fragment):
     with pytest.raises(ConfigError, match=fragment):
         ActiveLearningLoop(cfg_factory(override), tmp_path / "run")
+
+
+def test_a_version_1_run_folder_is_converted_and_resumed(cfg_factory, tmp_path):
+    """Runs made before the per-round label files kept the whole ledger in state.json."""
+    run = tmp_path / "run"
+    records = ActiveLearningLoop(cfg_factory("al.rounds=1"), run).run()
+    files = {k: (run / f"round_{k:03d}" / "labels.jsonl").read_text() for k in (0, 1)}
+    state = json.loads((run / "state.json").read_text())
+    ledger = [{**json.loads(l), "round": k} for k, text in files.items() for l in text.splitlines()]
+    (run / "state.json").write_text(json.dumps({**state, "version": 1, "ledger": ledger}))
+    for k in files:
+        (run / f"round_{k:03d}" / "labels.jsonl").unlink()
+
+    more = ActiveLearningLoop(cfg_factory("al.rounds=2"), run).run()
+    assert {k: (run / f"round_{k:03d}" / "labels.jsonl").read_text() for k in (0, 1)} == files
+    assert [r["labeled_images"] for r in more] == [4, 8, 12] and more[:2] == records
+    state = json.loads((run / "state.json").read_text())
+    assert state["version"] == 2 and "ledger" not in state
+
+
+def test_a_missing_label_file_stops_the_resumption(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    ActiveLearningLoop(cfg_factory("al.rounds=1"), run).run()
+    (run / "round_001" / "labels.jsonl").unlink()
+    with pytest.raises(ConfigError, match="round_001/labels.jsonl: missing"):
+        ActiveLearningLoop(cfg_factory("al.rounds=2"), run).run()

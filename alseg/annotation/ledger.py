@@ -1,10 +1,19 @@
 """Every label the annotator revealed, with the round that revealed it. The training set of each
-round, the pool split and the seconds spent are all derived from it."""
+round, the pool split and the seconds spent are all derived from it.
+
+A run folder keeps each round's labels in its own JSON-lines file, written once when the round's
+selection is made: an APIS ledger on COCO grows by ~860k points a step, too much to rewrite at
+every checkpoint of the run state (benchmarks/ledger_io.py).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections import defaultdict
 from dataclasses import asdict
+
+from alseg.engine.state import atomic_write_text
 
 from alseg.annotation.oracle import Label
 from alseg.data.torch_dataset import ImageView
@@ -24,8 +33,16 @@ class Ledger:
         """Forget what a round revealed (used when a round is redone on resume)."""
         self.entries = [e for e in self.entries if e["round"] != round_index]
 
-    def to_list(self) -> list[dict]:
-        return list(self.entries)
+    def save_round(self, round_index: int, path: str | os.PathLike) -> None:
+        """Write the labels revealed in ``round_index`` to ``path`` (JSON lines, atomically)."""
+        lines = (json.dumps({k: v for k, v in e.items() if k != "round"}, separators=(",", ":"))
+                 for e in self.entries if e["round"] == round_index)
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+    def load_round(self, round_index: int, path: str | os.PathLike) -> None:
+        """Add the labels of ``round_index`` read from a file written by ``save_round``."""
+        with open(path) as f:
+            self.entries.extend({**json.loads(line), "round": round_index} for line in f if line.strip())
 
     def seconds(self, up_to_round: int | None = None) -> float:
         return float(sum(e.get("seconds", 0.0) for e in self.entries if up_to_round is None or e["round"] <= up_to_round))

@@ -2,9 +2,11 @@
 
 Round 0 labels the initial set (chosen by ``al.initial_strategy``, random by default); every later
 round scores the unlabeled pool with the strategy, asks the oracle, and retrains. Each round goes
-through three phases (selected -> trained -> evaluated); ``state.json`` is rewritten atomically
-after each one, so a run killed at any moment continues where it stopped and, with the same seed,
-makes exactly the selections an uninterrupted run makes.
+through three phases (selected -> trained -> evaluated); ``state.json`` (round, phase, records) is
+rewritten atomically after each one, so a run killed at any moment continues where it stopped and,
+with the same seed, makes exactly the selections an uninterrupted run makes. The labels a round
+revealed are written once, with its selection, to ``round_XXX/labels.jsonl``; the ledger of a
+resumed run is read back from those files.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from alseg.writers.base import WriterGroup
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1 kept the whole ledger inside state.json; such runs are converted on resume
 PHASES = ("start", "selected", "trained", "evaluated")
 # Config keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.num_workers", "paths")
@@ -149,7 +151,7 @@ class ActiveLearningLoop:
                 state = read_json(self.state_path)
             except (OSError, ValueError) as e:
                 raise ConfigError(f"{self.state_path}: unreadable run state ({e}); move the folder away to start over") from None
-            if state.get("version") != STATE_VERSION:
+            if state.get("version") not in (1, STATE_VERSION):
                 raise ConfigError(f"{self.state_path}: state version {state.get('version')} is not supported")
             diffs = config_differences(state["config"], config)
             if diffs:
@@ -159,8 +161,29 @@ class ActiveLearningLoop:
                 )
             log.info("resuming %s at round %d (phase %s)", self.run_dir, state["round"], state["phase"])
             return state
-        return {"version": STATE_VERSION, "round": 0, "phase": "start", "ledger": [], "records": [],
-                "seed": self.seed, "config": config}
+        return {"version": STATE_VERSION, "round": 0, "phase": "start", "records": [], "seed": self.seed,
+                "config": config}
+
+    def labels_path(self, k: int) -> Path:
+        return self.round_dir(k) / "labels.jsonl"
+
+    def _load_ledger(self, state: dict) -> Ledger:
+        """The labels of every round whose selection was committed (a round still at "start" is
+        redone, whatever it left behind). A version-1 state carries the ledger itself: it is split
+        into the per-round files and the state upgraded."""
+        done = state["round"] + (state["phase"] != "start")
+        if state["version"] == 1:
+            ledger = Ledger(state.pop("ledger", []))
+            for k in range(done):
+                ledger.save_round(k, self.labels_path(k))
+            state["version"] = STATE_VERSION
+            return ledger
+        ledger = Ledger()
+        for k in range(done):
+            if not self.labels_path(k).is_file():
+                raise ConfigError(f"{self.labels_path(k)}: missing, cannot resume round {k}'s labels")
+            ledger.load_round(k, self.labels_path(k))
+        return ledger
 
     def _commit(self, state: dict) -> None:
         atomic_write_json(self.state_path, state)
@@ -183,9 +206,9 @@ class ActiveLearningLoop:
             log.info("run folder: %s", self.run_dir)
             # Differs from the stored one at most in keys that may change on resume (al.rounds, device, ...).
             atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+            ledger = self._load_ledger(state)
             self._commit(state)
             oracle = Oracle(data.train, self.costs)
-            ledger = Ledger(state["ledger"])
             writers.open(self.run_dir, config, state["records"])
             model = None
             while state["round"] <= self.rounds:
@@ -194,7 +217,7 @@ class ActiveLearningLoop:
                     model = self._maybe_load(model, data, k - 1)
                     strat, budget = (initial_strategy, self.initial_budget) if k == 0 else (strategy, self.budget)
                     self._select(k, strat, budget, data, ledger, oracle, model)
-                    state.update(phase="selected", ledger=ledger.to_list())
+                    state.update(phase="selected")
                     self._commit(state)
                 if state["phase"] == "selected":
                     model = self._train(k, data, ledger, model)
@@ -254,6 +277,7 @@ class ActiveLearningLoop:
             labels = oracle.answer(q)
             seconds += sum(lab.seconds for lab in labels)
             ledger.add(labels, k)
+        ledger.save_round(k, self.labels_path(k))
         analysis = strategy.analyze(ctx, queries)
         atomic_write_json(self.round_dir(k) / "selection.json", {
             "round": k, "strategy": strategy.name, "budget": {"amount": budget.amount, "unit": budget.unit},
