@@ -180,3 +180,29 @@ def test_a_missing_label_file_stops_the_resumption(cfg_factory, tmp_path):
     (run / "round_001" / "labels.jsonl").unlink()
     with pytest.raises(ConfigError, match="round_001/labels.jsonl: missing"):
         ActiveLearningLoop(cfg_factory("al.rounds=2"), run).run()
+
+
+def test_initial_run_gives_every_strategy_the_same_round_0(cfg_factory, tmp_path):
+    source = tmp_path / "source"
+    first = ActiveLearningLoop(cfg_factory("al.rounds=1"), source).run()
+    run = tmp_path / "run"
+    records = ActiveLearningLoop(cfg_factory("al.rounds=1", "strategy=mask_entropy", f"al.initial_run={source}"), run).run()
+    for name in ("model.pt", "labels.jsonl", "selection.json"):
+        assert (run / "round_000" / name).read_bytes() == (source / "round_000" / name).read_bytes()
+    assert records[0]["mask_AP"] == pytest.approx(first[0]["mask_AP"], abs=1e-9)
+    assert [r["labeled_images"] for r in records] == [4, 8] and records[1]["strategy"] == "mask_entropy"
+    # Resuming the run does not copy round 0 again.
+    assert ActiveLearningLoop(cfg_factory("al.rounds=1", "strategy=mask_entropy", f"al.initial_run={source}"), run).run() == records
+
+
+@pytest.mark.parametrize("override, match", [("seed=1", "another config .*seed"),
+                                             ("trainer.schedule.iters=7", "another config .*trainer.schedule.iters"),
+                                             ("al.initial=5", "another config .*al.initial")])
+def test_initial_run_must_share_round_0s_config(cfg_factory, tmp_path, override, match):
+    source = tmp_path / "source"
+    ActiveLearningLoop(cfg_factory("al.rounds=0"), source).run()
+    with pytest.raises(ConfigError, match=match):
+        ActiveLearningLoop(cfg_factory(override, f"al.initial_run={source}"), tmp_path / "run").run()
+    with pytest.raises(ConfigError, match="not a readable run state"):
+        ActiveLearningLoop(cfg_factory(f"al.initial_run={tmp_path / 'nowhere'}"), tmp_path / "run").run()
+    assert not (tmp_path / "run").exists()

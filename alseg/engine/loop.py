@@ -27,10 +27,12 @@ from alseg.data.build import DataSplits
 from alseg.data.torch_dataset import ImageView, TrainingSet
 from alseg.data.transforms import build_transforms
 from alseg.engine.evaluate import evaluate
+from alseg.engine.initial_run import check_initial_run, copy_initial_round
 from alseg.engine.pool_inference import infer_pool
 from alseg.models.point_supervision import PointSupRoIHeads
 from alseg.models.mask_iou_head import iou_prediction_errors, train_mask_iou_head
-from alseg.engine.state import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from alseg.engine.state import (atomic_torch_save, atomic_write_json, atomic_write_text, differing_keys, read_json,
+                                under)
 from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
 from alseg.errors import ConfigError
 from alseg.instantiate import build
@@ -55,21 +57,8 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def config_differences(old: dict, new: dict) -> list[str]:
-    a, b = _flat(old), _flat(new)
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k) and not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
+    return [k for k in differing_keys(old, new) if not under(k, RESUMABLE_CHANGES)]
 
 
 class ActiveLearningLoop:
@@ -161,8 +150,12 @@ class ActiveLearningLoop:
                 )
             log.info("resuming %s at round %d (phase %s)", self.run_dir, state["round"], state["phase"])
             return state
-        return {"version": STATE_VERSION, "round": 0, "phase": "start", "records": [], "seed": self.seed,
-                "config": config}
+        state = {"version": STATE_VERSION, "round": 0, "phase": "start", "records": [], "seed": self.seed,
+                 "config": config}
+        if self.cfg.al.get("initial_run"):
+            self._initial_source = check_initial_run(self.cfg.al.initial_run, config)
+            state["phase"] = "trained"  # round 0 is copied in (run()); it is evaluated here
+        return state
 
     def labels_path(self, k: int) -> Path:
         return self.round_dir(k) / "labels.jsonl"
@@ -199,6 +192,9 @@ class ActiveLearningLoop:
         state = self._load_or_create_state(config)
         state["config"] = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if getattr(self, "_initial_source", None) is not None:
+            copy_initial_round(self.cfg.al.initial_run, self._initial_source, self.round_dir(0))
+            log.info("round 0 taken from %s", self.cfg.al.initial_run)
         log_file = logging.FileHandler(self.run_dir / "run.log")
         log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(log_file)

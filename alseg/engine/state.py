@@ -41,3 +41,23 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested config as {"a.b.c": value}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def under(key: str, prefixes) -> bool:
+    """Whether a flattened key is one of ``prefixes`` or inside one."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def differing_keys(old: dict, new: dict) -> list[str]:
+    """Flattened keys whose values differ between two nested configs, sorted."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
