@@ -107,3 +107,20 @@ def test_multiple_models_set_trains_and_keeps_an_ensemble(cfg_factory, tmp_path)
                                              "strategy.metric=variance", "al.rounds=1"), run).run()
     assert records[1]["labeled_points"] == 2 * records[0]["labeled_points"]
     assert (run / "round_000" / "ensemble_1.pt").is_file()
+
+
+def test_a_points_budget_goes_to_the_most_uncertain_instances(cfg_factory, tmp_path):
+    """The paper's alternative budget: a step's points go to the instances whose best point is most
+    uncertain, so instances end with different point counts. Both runs start from one M0."""
+    common = ("experiment=apis_synthetic", "strategy=apis", "al.rounds=1", "strategy.match_iou=0.3")
+    ActiveLearningLoop(cfg_factory(*common), tmp_path / "all").run()
+    records = ActiveLearningLoop(cfg_factory(*common, "al.budget_unit=points", "al.budget=5",
+                                             f"al.initial_run={tmp_path / 'all'}"), tmp_path / "five").run()
+    assert records[1]["labeled_points"] - records[0]["labeled_points"] == 5
+
+    def selected(run):
+        return json.loads((tmp_path / run / "round_001" / "selection.json").read_text())["queries"]
+
+    every = sorted(selected("all"), key=lambda q: -q["score"] if q["score"] == q["score"] else float("inf"))
+    assert [q["ann_id"] for q in selected("five")] == [q["ann_id"] for q in every[:5]]
+    assert len({q["ann_id"] for q in selected("five")}) == 5
