@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 2  # 1 kept the whole ledger inside state.json; such runs are converted on resume
 PHASES = ("start", "selected", "trained", "evaluated")
 # Config keys that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.num_workers", "paths")
+RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.schedule.num_workers", "paths")
 
 
 def resolve_device(name: str) -> str:

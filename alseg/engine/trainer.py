@@ -34,14 +34,9 @@ class TrainerConfig:
 
     def validate(self, where: str = "trainer.schedule") -> None:
         for name, value in self.__dict__.items():
-            kind = _FIELD_KINDS[name]
-            ok = (isinstance(value, (list, tuple)) and all(_is_number(v) for v in value) if kind == "list"
-                  else isinstance(value, bool) if kind == "bool"
-                  else (value is None or _is_number(value)) if kind == "number?"
-                  else isinstance(value, int) and not isinstance(value, bool) if kind == "int"
-                  else _is_number(value))
-            if not ok:
-                raise ConfigError(f"{where}.{name} must be {_KIND_WORDS[kind]}, got {value!r}")
+            is_kind, words = _FIELD_TYPES[name]
+            if not is_kind(value):
+                raise ConfigError(f"{where}.{name} must be {words}, got {value!r}")
         checks = [
             (self.iters >= 1, "iters must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -80,15 +75,22 @@ class TrainerConfig:
         return f
 
 
-_FIELD_KINDS = {"iters": "int", "batch_size": "int", "warmup_iters": "int", "num_workers": "int", "lr": "number",
-                "momentum": "number", "weight_decay": "number", "warmup_factor": "number", "gamma": "number",
-                "grad_clip": "number?", "steps": "list", "amp": "bool"}
-_KIND_WORDS = {"int": "an integer", "number": "a number", "number?": "a number or null", "list": "a list of numbers",
-               "bool": "true or false"}
-
-
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_INT, _NUMBER = (_is_int, "an integer"), (_is_number, "a number")
+_FIELD_TYPES = {
+    "iters": _INT, "batch_size": _INT, "warmup_iters": _INT, "num_workers": _INT,
+    "lr": _NUMBER, "momentum": _NUMBER, "weight_decay": _NUMBER, "warmup_factor": _NUMBER, "gamma": _NUMBER,
+    "grad_clip": (lambda v: v is None or _is_number(v), "a number or null"),
+    "steps": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_number, v)), "a list of numbers"),
+    "amp": (lambda v: isinstance(v, bool), "true or false"),
+}
 
 
 def _check_fields(fields: dict, where: str) -> None:
