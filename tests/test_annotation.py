@@ -1,4 +1,5 @@
 import pytest
+from PIL import Image
 
 from alseg.annotation.budget import Budget
 from alseg.annotation.cost import CostTable
@@ -14,7 +15,7 @@ def data(tmp_path):
     cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
     images = [{"id": i, "file_name": f"{i}.png", "width": 20, "height": 20} for i in (1, 2, 3)]
     for im in images:
-        (tmp_path / im["file_name"]).write_bytes(b"x")
+        Image.new("RGB", (im["width"], im["height"])).save(tmp_path / im["file_name"])  # headers are checked
     sq = lambda x0, y0, x1, y1: [[x0, y0, x1, y0, x1, y1, x0, y1]]
     anns = [
         {"id": 10, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "segmentation": sq(0, 0, 10, 10)},

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
+from PIL import Image
 
 from alseg.data.coco import CocoDataset, decode_segmentation
 from alseg.errors import DataError
@@ -12,7 +13,7 @@ def _coco(tmp_path, anns, images=None, cats=None):
     images = images or [{"id": 7, "file_name": "a.png", "width": 20, "height": 10}]
     cats = cats or [{"id": 3, "name": "cat"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "book"}]
     for im in images:
-        (tmp_path / im["file_name"]).write_bytes(b"x")
+        Image.new("RGB", (im["width"], im["height"])).save(tmp_path / im["file_name"])  # headers are checked
     return {"images": images, "annotations": anns, "categories": cats}
 
 

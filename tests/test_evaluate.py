@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from alseg.data.coco import CocoDataset
 from alseg.engine.evaluate import _coco_eval, dice_and_greedy_iou, to_coco_results
@@ -22,7 +23,7 @@ def test_dice_and_greedy_iou_by_hand():
 
 def test_cocoeval_of_ground_truth_is_perfect(tmp_path):
     images = [{"id": 1, "file_name": "1.png", "width": 40, "height": 40}]
-    (tmp_path / "1.png").write_bytes(b"x")
+    Image.new("RGB", (40, 40)).save(tmp_path / "1.png")  # image headers are checked
     sq = lambda x0, y0, x1, y1: [[x0, y0, x1, y0, x1, y1, x0, y1]]
     anns = [
         {"id": 1, "image_id": 1, "category_id": 5, "bbox": [0, 0, 20, 20], "segmentation": sq(0, 0, 20, 20), "area": 400},

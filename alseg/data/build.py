@@ -17,10 +17,11 @@ class DataSplits:
     val: CocoDataset
 
 
-def synthetic(cache_dir: str, seed: int = 0, name: str = "synthetic", **spec) -> DataSplits:
+def synthetic(cache_dir: str, seed: int = 0, name: str = "synthetic", exif_orientation: str = "apply",
+              **spec) -> DataSplits:
     root = generate(SyntheticSpec(**spec), seed, cache_dir)
-    train = CocoDataset.from_file(root / "train.json", root / "images")
-    val = CocoDataset.from_file(root / "val.json", root / "images")
+    train = CocoDataset.from_file(root / "train.json", root / "images", exif_orientation=exif_orientation)
+    val = CocoDataset.from_file(root / "val.json", root / "images", exif_orientation=exif_orientation)
     return DataSplits(name, train, val)
 
 
@@ -35,11 +36,12 @@ def coco(
     max_val_images: int | None = None,
     drop_empty: bool = True,
     invalid_annotations: str = "error",
+    exif_orientation: str = "apply",
 ) -> DataSplits:
     """COCO-format train/val files. With ``class_names``, only those classes are kept and, with
     ``drop_empty``, only images holding at least one of them (the 4-class study of the report)."""
     common = dict(class_names=list(class_names) if class_names else None, drop_empty=drop_empty,
-                  invalid_annotations=invalid_annotations)
+                  invalid_annotations=invalid_annotations, exif_orientation=exif_orientation)
     train = CocoDataset.from_file(Path(train_ann).expanduser(), Path(train_images).expanduser(),
                                   max_images=max_train_images, **common)
     val = CocoDataset.from_file(Path(val_ann).expanduser(), Path(val_images).expanduser(),
@@ -49,11 +51,12 @@ def coco(
 
 def voc(root: str, train_split: str = "train", val_split: str = "val", name: str = "voc",
         class_names: Sequence[str] | None = None, max_train_images: int | None = None,
-        max_val_images: int | None = None, drop_empty: bool = True) -> DataSplits:
+        max_val_images: int | None = None, drop_empty: bool = True, exif_orientation: str = "apply") -> DataSplits:
     """Pascal VOC 2012 (SegmentationObject / SegmentationClass), converted to COCO in memory."""
     from alseg.data.voc import load_voc
 
-    common = dict(class_names=list(class_names) if class_names else None, drop_empty=drop_empty)
+    common = dict(class_names=list(class_names) if class_names else None, drop_empty=drop_empty,
+                  exif_orientation=exif_orientation)
     train = load_voc(Path(root).expanduser(), train_split, max_images=max_train_images, **common)
     val = load_voc(Path(root).expanduser(), val_split, max_images=max_val_images, **common)
     return DataSplits(name, train, val)

@@ -20,6 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from alseg.data.images import check_image_headers, exif_policy
 from alseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class ImageRecord:
     width: int
     height: int
     instances: list[Instance] = field(default_factory=list)
+    exif_orientation: str = "apply"  # how read_image treats EXIF orientation (the dataset's setting)
 
     def decode_masks(self) -> np.ndarray:
         """All instance masks as a uint8 array (n, H, W)."""
@@ -121,6 +123,7 @@ class CocoDataset:
         drop_empty: bool = False,
         invalid_annotations: str = "error",
         check_images: bool = True,
+        exif_orientation: str = "apply",
     ):
         self.source = source
         self.image_dir = Path(image_dir)
@@ -142,10 +145,11 @@ class CocoDataset:
             self.images = self.images[:max_images]
         if not self.images:
             raise DataError(f"{source}: no images left after filtering (classes={class_names})")
-        if check_images:
-            missing = [r.path for r in self.images if not r.path.is_file()]
-            if missing:
-                raise DataError(f"{missing[0]}: image file missing ({len(missing)} of {len(self.images)} missing in {self.image_dir})")
+        # Images: every header (file present, readable, size in the EXIF frame of the setting) up front.
+        self.exif_orientation = exif_policy(exif_orientation)
+        for r in self.images:
+            r.exif_orientation = self.exif_orientation
+        self.image_check = check_image_headers(self.images, self.exif_orientation, source) if check_images else None
         self.by_id = {r.image_id: r for r in self.images}
         self._coco_gt: COCO | None = None
 

@@ -1,18 +1,19 @@
 """torch Datasets: training targets derived from what the annotator revealed, and plain images for
-inference. Images are read with OpenCV; an unreadable file is a one-line DataError."""
+inference. Images are read by ``alseg.data.images.read_image`` (PIL, decoded completely, in the EXIF
+frame of the dataset's ``exif_orientation``); a missing, truncated or wrongly sized file is a
+one-line DataError."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from alseg.data import images
 from alseg.data.coco import CocoDataset, ImageRecord, decode_segmentation
 from alseg.data.transforms import Compose
-from alseg.errors import DataError
 
 
 @dataclass
@@ -29,14 +30,9 @@ class ImageView:
 
 
 def read_image(rec: ImageRecord) -> np.ndarray:
-    img = cv2.imread(str(rec.path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{rec.path}: image missing or unreadable (image_id={rec.image_id})")
-    if img.shape[:2] != (rec.height, rec.width):
-        raise DataError(
-            f"{rec.path}: image is {img.shape[1]}x{img.shape[0]} but the annotation file says {rec.width}x{rec.height}"
-        )
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """(H, W, 3) uint8 RGB of a record's image, in the frame of its masks: ``alseg.data.images.read_image``
+    with the record's ``exif_orientation`` and its annotated (height, width) checked (DataError)."""
+    return images.read_image(rec.path, rec.exif_orientation, (rec.height, rec.width), rec.image_id)
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

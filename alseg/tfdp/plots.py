@@ -130,15 +130,19 @@ def _subset_dict(coco_dict: Mapping, image_ids: set[int]) -> dict:
 
 
 def plot_kept_vs_pruned(result: ScoreResult, coco_dict: Mapping, image_dir: str | Path | None,
-                        kept_ids: Iterable[int], path: str | Path, n: int = 4) -> Path:
+                        kept_ids: Iterable[int], path: str | Path, n: int = 4,
+                        exif_orientation: str = "apply") -> Path:
     """Grid of example images with their ground-truth masks; returns ``path``.
 
     Top row: the ``n`` kept images with the highest image scores; bottom row: the ``n`` pruned images
-    with the lowest. Each panel is titled with the image id and its score. Raises ``DataError`` when
-    ``image_dir`` is missing or an image cannot be read.
+    with the lowest. Each panel is titled with the image id and its score. Images are read by
+    ``alseg.data.images.read_image`` (as training reads them) in the EXIF frame ``exif_orientation``
+    (apply | ignore | error, see ``dataset.exif_orientation``), so masks and pixels share one frame.
+    Raises ``DataError`` when ``image_dir`` is missing or an image cannot be read, is truncated, or
+    has another size than the annotation file says.
     """
     from alseg.data.coco import CocoDataset
-    from alseg.data.torch_dataset import read_image
+    from alseg.data.images import read_image
     from alseg.tools.visualize import draw_instances
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -153,7 +157,7 @@ def plot_kept_vs_pruned(result: ScoreResult, coco_dict: Mapping, image_dir: str 
     if not top and not pruned:
         raise DataError("no image to show (the scored dataset has no image)")
     ds = CocoDataset(_subset_dict(coco_dict, set(top) | set(pruned)), image_dir, source="examples",
-                     invalid_annotations="skip", check_images=False)
+                     invalid_annotations="skip", check_images=False, exif_orientation=exif_orientation)
     score = result.image_score_map()
 
     def panel(ax, iid: int | None, what: str) -> None:
@@ -167,7 +171,8 @@ def plot_kept_vs_pruned(result: ScoreResult, coco_dict: Mapping, image_dir: str 
         rec = ds.by_id.get(iid)
         if rec is None:  # an image entry without file_name / size: cannot be shown
             raise DataError(f"image id {iid}: not a usable image entry (needs 'file_name', 'width', 'height')")
-        image = read_image(rec)  # DataError (one line) when missing or unreadable
+        # DataError (one line) when missing, unreadable, truncated or not of the annotated size
+        image = read_image(rec.path, rec.exif_orientation, (rec.height, rec.width), rec.image_id)
         labels = [i.label for i in rec.instances]
         drawn = draw_instances(image, rec.decode_masks() if labels else None, labels, ds.class_names)
         ax.imshow(drawn)

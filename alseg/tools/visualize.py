@@ -4,7 +4,9 @@
                               [--image-ids 139 285] [--split val] [--device auto] [--out grid.png]
 
 The model is rebuilt from the run's ``config.yaml`` and loaded from ``round_XXX/model.pt`` (default:
-the last round with a checkpoint); the images come from the run's dataset config (val split).
+the last round with a checkpoint); the images come from the run's dataset config (val split), read
+as training and evaluation read them (``alseg.data.images.read_image``, the EXIF frame of
+``dataset.exif_orientation``), so drawn masks and pixels share one frame.
 Without ``--out`` the grid is saved as ``round_XXX/predictions.png`` in the run folder.
 
 ``draw_instances`` (OpenCV: semi-transparent fill, contour, class label) is reusable on its own.
@@ -224,7 +226,7 @@ def visualize_run(run_dir: str | Path, round_index: int | None = None, num_image
                                                           batch_size=int(cfg.get("eval", {}).get("batch_size", 4)),
                                                           desc="visualize", progress=progress):
         rec = ds.by_id[image_id]
-        img = read_image(rec)
+        img = read_image(rec)  # the frame of the masks and of the predictions (ImageSet reads the same way)
         gt_labels = [i.label for i in rec.instances]
         keep = scores >= score_threshold
         pm = masks[keep] if masks is not None else None
