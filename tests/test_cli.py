@@ -72,8 +72,10 @@ CATS = [{"id": 1, "name": "thing"}]
     ],
 )
 def test_bad_data_input(tmp_path, existing_run, case, fragments):
+    from PIL import Image
+
     (tmp_path / "imgs").mkdir()
-    (tmp_path / "imgs" / "1.png").write_bytes(b"not really a png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "1.png")  # image headers are checked up front
     extra = []
     if case == "missing_file":
         ann = tmp_path / "nope.json"
@@ -109,7 +111,7 @@ def test_unreadable_image_and_nan_loss_are_one_line_errors(tmp_path):
     (tmp_path / "imgs" / "1.png").write_bytes(b"not really a png")
     ann = _write_coco(tmp_path, {"images": [GOOD_IMAGE], "annotations": [GOOD_ANN], "categories": CATS})
     res = _alseg(tmp_path, *_coco_overrides(ann, tmp_path / "imgs"), "al.initial=1", "al.rounds=0")
-    _assert_one_line_error(res, "1.png: image missing or unreadable")
+    _assert_one_line_error(res, "1.png: image unreadable: not an image file")
 
     res = _alseg(tmp_path, "trainer.schedule.lr=1e12", "trainer.schedule.warmup_iters=0", "trainer.schedule.grad_clip=null",
                  "al.rounds=0")
@@ -125,3 +127,71 @@ def test_multirun_sweeps_seeds_into_separate_resumable_runs(tmp_path):
     sel = [json.loads((r / "round_000/selection.json").read_text())["queries"] for r in runs]
     assert sel[0] != sel[1]  # the seed fixes the selection
     assert (tmp_path / "runs" / "default" / "multirun.yaml").is_file()
+
+
+# ------------------------------------------------------------------------------------ images (issue 11, section 3)
+CASE11 = Path(__file__).parent / "data" / "bad_inputs" / "case11"
+
+
+def _case11_overrides(split="train"):
+    return ["dataset=coco", f"dataset.train_ann={CASE11 / 'train.json'}", f"dataset.train_images={CASE11 / 'images'}",
+            f"dataset.val_ann={CASE11 / 'val.json'}", f"dataset.val_images={CASE11 / 'images'}", "run_name=keep"]
+
+
+def _write_image_case(tmp_path, case):
+    """One 48x32 JPEG (stored frame) and its annotation file, damaged as `case` says."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    exif = Image.Exif()
+    if case == "rotated":
+        exif[0x0112] = 6  # displayed 32x48, but annotated below in the stored frame 48x32
+    buf = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)  # so half the file is pixels
+    Image.fromarray(noise).save(buf, "JPEG", exif=exif.tobytes())
+    data = buf.getvalue()
+    (tmp_path / "imgs" / "1.jpg").write_bytes(data[: len(data) // 2] if case == "truncated" else data)
+    image = {"id": 1, "file_name": "1.jpg", "width": 48, "height": 32}
+    ann = dict(GOOD_ANN, bbox=[2, 2, 10, 10], segmentation=[[2, 2, 12, 2, 12, 12, 2, 12]])
+    return _write_coco(tmp_path, {"images": [image], "annotations": [ann], "categories": CATS})
+
+
+@pytest.mark.parametrize(
+    "case, extra, fragments",
+    [
+        ("case11", ["dataset.exif_orientation=error"],
+         ["train_0.jpg: carries EXIF orientation 3 (rotated 180 degrees) and dataset.exif_orientation=error refuses"]),
+        ("rotated", [], ["1.jpg: image is 32x48 but the annotation file says 48x32", "EXIF orientation 6",
+                         "set dataset.exif_orientation=ignore"]),
+        ("truncated", [], ["1.jpg: image cannot be decoded completely", "truncated", "(image_id=1;"]),
+        ("bad_policy", ["dataset.exif_orientation=sideways"],
+         ["dataset.exif_orientation: must be one of apply, ignore, error, got 'sideways'"]),
+    ],
+)
+def test_bad_image_input_is_one_line_before_training(tmp_path, existing_run, case, extra, fragments):
+    if case == "case11":
+        overrides = _case11_overrides()
+    else:
+        ann = _write_image_case(tmp_path, "plain" if case == "bad_policy" else case)
+        overrides = _coco_overrides(ann, tmp_path / "imgs")
+    before = _tree_digest(existing_run)
+    res = _alseg(tmp_path, *overrides, *extra)
+    _assert_one_line_error(res, *fragments)
+    assert _tree_digest(existing_run) == before
+
+
+def test_case11_default_reads_as_displayed_and_says_so(tmp_path, existing_run):
+    # al.initial larger than the pool stops the run after the data check, before anything is written.
+    res = _alseg(tmp_path, *_case11_overrides(), "al.initial=100")
+    _assert_one_line_error(res, "al.initial (100 images) is larger than the pool")
+    out = res.stdout + res.stderr
+    assert "12 of 12 images carry an EXIF orientation tag" in out and "4 of 4 images" in out
+    assert "dataset.exif_orientation=apply" in out and "set dataset.exif_orientation=ignore" in out
+    res = _alseg(tmp_path, *_case11_overrides(), "al.initial=100", "dataset.exif_orientation=ignore")
+    _assert_one_line_error(res, "al.initial (100 images) is larger than the pool")
+    out = res.stdout + res.stderr
+    assert "leaves their size unchanged" not in out
+    assert "4 of 4 images carry an EXIF orientation tag; dataset.exif_orientation=ignore reads them in the stored" in out

@@ -380,3 +380,26 @@ def test_dataset_builders_thread_the_policy(tmp_path):
     from alseg.data.torch_dataset import read_image as read_record
 
     assert read_record(splits.train.images[0]).shape == (H, W, 3)
+
+
+def test_voc_mask_png_damaged_anywhere_is_one_line(tmp_path):
+    """VOC's instance / class PNGs are palette indices (annotations, not pictures): read apart from
+    read_image, but fully decoded: a truncated or damaged one is a one-line DataError."""
+    import io
+
+    from alseg.data.voc import _read_png
+
+    pal = Image.fromarray(np.random.default_rng(0).integers(0, 20, (60, 80)).astype(np.uint8), "P")
+    pal.putpalette(list(range(60)))
+    buf = io.BytesIO()
+    pal.save(buf, "PNG")
+    data = buf.getvalue()
+    bad_crc = bytearray(data)
+    bad_crc[29] ^= 0xFF  # the IHDR chunk's checksum
+    for name, content in [("cut.png", data[: len(data) // 2]), ("crc.png", bytes(bad_crc))]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError) as e:
+            _read_png(tmp_path / name)
+        assert one_line(e).startswith(f"{tmp_path / name}: cannot be read")
+    (tmp_path / "ok.png").write_bytes(data)
+    assert _read_png(tmp_path / "ok.png").shape == (60, 80)
