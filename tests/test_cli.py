@@ -133,7 +133,7 @@ def test_multirun_sweeps_seeds_into_separate_resumable_runs(tmp_path):
 CASE11 = Path(__file__).parent / "data" / "bad_inputs" / "case11"
 
 
-def _case11_overrides(split="train"):
+def _case11_overrides():
     return ["dataset=coco", f"dataset.train_ann={CASE11 / 'train.json'}", f"dataset.train_images={CASE11 / 'images'}",
             f"dataset.val_ann={CASE11 / 'val.json'}", f"dataset.val_images={CASE11 / 'images'}", "run_name=keep"]
 

@@ -403,3 +403,15 @@ def test_voc_mask_png_damaged_anywhere_is_one_line(tmp_path):
         assert one_line(e).startswith(f"{tmp_path / name}: cannot be read")
     (tmp_path / "ok.png").write_bytes(data)
     assert _read_png(tmp_path / "ok.png").shape == (60, 80)
+
+
+def test_png_exif_orientation_is_seen_by_the_header_check_and_the_reader(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    p = tmp_path / "o8.png"
+    Image.fromarray(pattern()).save(p, exif=exif.tobytes())  # PIL writes eXIf before the pixel data
+    h = probe_header(p)
+    assert h.size == (W, H) and h.orientation == 8
+    np.testing.assert_array_equal(read_image(p, expected_hw=(W, H)), DISPLAY[8](pattern()))  # PNG: lossless
+    np.testing.assert_array_equal(read_image(p, "ignore", expected_hw=(H, W)), pattern())
+    assert check_image_headers([Rec(1, p, H, W)])["oriented"] == 1
