@@ -517,12 +517,12 @@ class AnnotationChecker:
         status = np.asarray(st, dtype=np.int8)
         crowd_arr = np.asarray(crowd_l, dtype=bool)
         self._check_boxes(boxes, areas, status, why)
-        coords_arr, part_arr, inst_arr = self._check_polygons(coords, part_ptr, inst_ptr, poly_k, poly_hw, status, why)
+        hw = np.asarray(poly_hw, dtype=np.int64).reshape(-1, 2)
+        coords_arr, part_arr, inst_arr = self._check_polygons(coords, part_ptr, inst_ptr, poly_k, hw, status, why)
         del coords
         rles = self._check_rles(rle_items, status, why)
 
         poly_local = np.asarray(poly_k, dtype=np.int32)
-        hw = np.asarray(poly_hw, dtype=np.int64).reshape(-1, 2)
         if geometry:
             keep = np.isin(status[poly_local], (OK, DEGENERATE_PART))
             if not crowd_geometry:
@@ -577,7 +577,7 @@ class AnnotationChecker:
                     why[k] = f"invalid area {areas[k]!r} (needs a finite number >= 0)"
 
     @staticmethod
-    def _check_polygons(coords, part_ptr, inst_ptr, poly_k, poly_hw, status, why):
+    def _check_polygons(coords, part_ptr, inst_ptr, poly_k, hw, status, why):
         """Numbers, finiteness, range, position and area of the polygon annotations of a chunk
         (status updated in place); returns the coordinate (float64) and offset (int64) arrays."""
         part_arr = np.asarray(part_ptr, dtype=np.int64)
@@ -585,7 +585,7 @@ class AnnotationChecker:
         if not poly_k:
             return np.zeros(0, np.float64), part_arr, inst_arr
         try:
-            arr = np.asarray(coords, dtype=np.float64)  # None -> NaN (caught below as not finite)
+            arr = np.fromiter(coords, dtype=np.float64, count=len(coords))
         except (ValueError, TypeError, OverflowError):
             # Some coordinate is not a number (a word, a nested list...): find which annotations,
             # zero their coordinates and mark them.
@@ -593,7 +593,7 @@ class AnnotationChecker:
             for j, k in enumerate(poly_k):
                 a, b = part_arr[inst_arr[j]], part_arr[inst_arr[j + 1]]
                 try:
-                    arr[a:b] = np.asarray(coords[a:b], dtype=np.float64)
+                    arr[a:b] = np.asarray(coords[a:b], dtype=np.float64)  # None -> NaN: not finite, below
                 except (ValueError, TypeError, OverflowError):
                     status[k] = INVALID_SEGMENTATION
                     if why is not None:
@@ -601,8 +601,7 @@ class AnnotationChecker:
         xy = arr.reshape(-1, 2)
         vptr = part_arr // 2
         v0 = vptr[inst_arr[:-1]]
-        hw = np.asarray(poly_hw, dtype=np.float64).reshape(-1, 2)
-        h, w = hw[:, 0], hw[:, 1]
+        h, w = hw[:, 0].astype(np.float64), hw[:, 1].astype(np.float64)
         fin = np.isfinite(xy)
         if fin.all():
             finite = np.ones(len(poly_k), dtype=bool)
