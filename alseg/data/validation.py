@@ -9,7 +9,10 @@ users decide what to do with a problem; they never check annotations themselves:
 * ``alseg-prune`` (``alseg.tfdp.scoring``) counts the problems by reason and scores the rest; it
   reuses the chunks built here (concatenated polygon coordinates, checked RLEs) for its scoring.
 
-Reason codes (``REASONS`` gives their names; one code per annotation, the first check that fails):
+Reason codes (``REASONS`` gives their names). One code per annotation, that of the first check that
+fails, in this order: ids and iscrowd, duplicate id, image, category, the segmentation's structure
+(types, part lengths, RLE 'size'), bbox, area, then the polygon coordinates (numbers, range,
+position, area) or the RLE counts.
 
 ==========================  ======================================================================
 invalid_annotation          not a JSON object; 'id' / 'image_id' / 'category_id' missing or not an
@@ -96,7 +99,7 @@ REASONS = {
 REFERENCE_PROBLEMS = (UNKNOWN_IMAGE, INVALID_IMAGE_SIZE, UNKNOWN_CATEGORY)
 
 FAR_MARGIN = 4.0  # polygon coordinates may lie up to FAR_MARGIN * max(height, width) outside the image
-ZERO_AREA_EPS = 1e-6  # square pixels: a polygon whose points span less than this is collinear
+ZERO_AREA_EPS = 1e-6  # square pixels: polygon parts enclosing less than this count as collinear points
 UINT32_MAX = 2**32
 DEFAULT_CHUNK = 4096
 
