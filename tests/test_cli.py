@@ -195,3 +195,99 @@ def test_case11_default_reads_as_displayed_and_says_so(tmp_path, existing_run):
     out = res.stdout + res.stderr
     assert "leaves their size unchanged" not in out
     assert "4 of 4 images carry an EXIF orientation tag; dataset.exif_orientation=ignore reads them in the stored" in out
+
+
+# --------------------------------------------------------------------------------------------------
+# Annotations are validated up front (every split, crowd regions included): one line naming the
+# file, the annotation and the reason, before the run folder is touched.
+
+BAD_INPUTS = Path(__file__).parent / "data" / "bad_inputs"
+
+
+def _case_overrides(case, *extra):
+    d = BAD_INPUTS / case
+    return ["dataset=coco", f"dataset.train_ann={d / 'train.json'}", f"dataset.train_images={d / 'images'}",
+            f"dataset.val_ann={d / 'val.json'}", f"dataset.val_images={d / 'images'}", "run_name=keep", *extra]
+
+
+def test_case08_wrong_rle_counts_is_a_one_line_error_before_anything_is_built(tmp_path, existing_run):
+    before = _tree_digest(existing_run)
+    res = _alseg(tmp_path, *_case_overrides("case08"))
+    _assert_one_line_error(res, f"{BAD_INPUTS / 'case08' / 'train.json'}: annotations[0] (id=10001): RLE counts add up "
+                                "to 150 pixels, not height x width = 64 x 64 = 4096",
+                           "dataset.invalid_annotations=skip")
+    assert _tree_digest(existing_run) == before
+
+
+@pytest.mark.slow
+def test_case08_skip_drops_and_counts_then_runs(tmp_path):
+    res = _alseg(tmp_path, *_case_overrides("case08", "dataset.invalid_annotations=skip", "al.rounds=0"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (tmp_path / "runs" / "default" / "keep" / "run.log").read_text() + res.stderr + res.stdout
+    assert "train.json: skipped 1 invalid annotations of 16 (invalid_rle=1)" in log
+    assert "val.json: skipped 1 invalid annotations of 5 (invalid_rle=1)" in log
+
+
+@pytest.mark.slow
+def test_case03_val_keeps_its_empty_images(tmp_path):
+    """case03: the pool drops its 6 empty images (and says so); val keeps all 4 images, whose objects
+    are all small, so APm and APl are missing (null), not 0."""
+    res = _alseg(tmp_path, *_case_overrides("case03", "al.rounds=0"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "runs" / "default" / "keep"
+    log = res.stderr + res.stdout
+    assert "train.json: drop_empty: dropped 6 of 12 images" in log and "val.json: drop_empty" not in log
+    [record] = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert record["pool_images"] == 6
+    assert record["box_APm"] is None and record["box_APl"] is None and record["mask_APl"] is None
+    assert isinstance(record["box_APs"], float) and isinstance(record["mask_AP"], float)
+
+
+def _bad_coco(tmp_path, case):
+    good = dict(GOOD_ANN, iscrowd=0, area=16.0)
+    images = [dict(GOOD_IMAGE)]
+    anns = [good]
+    if case == "crowd_empty_polygon":
+        anns.append(dict(good, id=2, iscrowd=1, segmentation=[]))
+    elif case == "crowd_two_points":
+        anns.append(dict(good, id=2, iscrowd=1, segmentation=[[0, 0, 4, 4]]))
+    elif case == "coordinates_1e8":
+        anns.append(dict(good, id=2, segmentation=[[0, 0, 1e8, 0, 1e8, 1e8]]))
+    elif case == "rle_size_mismatch":
+        anns.append(dict(good, id=2, segmentation={"counts": [400], "size": [20, 20]}))
+    elif case == "bbox_zero_height":
+        anns.append(dict(good, id=2, bbox=[0, 0, 4, 0]))
+    elif case == "duplicate_id":
+        anns.append(dict(good))
+    elif case == "iscrowd_2":
+        anns.append(dict(good, id=2, iscrowd=2))
+    elif case == "unknown_image_under_skip":
+        anns.append(dict(good, id=2, image_id=5))
+    elif case == "image_width_0":
+        images[0]["width"] = 0
+    return _write_coco(tmp_path, {"images": images, "annotations": anns, "categories": CATS})
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("crowd_empty_polygon", ["ann.json: annotations[1] (id=2): empty polygon list"]),
+        ("crowd_two_points", ["annotations[1] (id=2): degenerate polygon: no part with 3 points or more"]),
+        ("coordinates_1e8", ["annotations[1] (id=2): polygon coordinates far outside the 8x8 image"]),
+        ("rle_size_mismatch", ["annotations[1] (id=2): RLE size [20, 20] differs from image size [8, 8]"]),
+        ("bbox_zero_height", ["annotations[1] (id=2): invalid bbox [0, 0, 4, 0]"]),
+        ("duplicate_id", ["annotations[1] (id=1): duplicate annotation id 1 (also annotations[0])"]),
+        ("iscrowd_2", ["annotations[1] (id=2): 'iscrowd' must be 0 or 1, got 2"]),
+        ("unknown_image_under_skip", ["annotations[1] (id=2): unknown image_id 5", "right annotation file"]),
+        ("image_width_0", ["ann.json: images[0] (id=1): 'width' and 'height' must be positive integers, got 0 x 8"]),
+    ],
+)
+def test_malformed_annotations_are_one_line_errors(tmp_path, existing_run, case, fragments):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "1.png").write_bytes(b"not really a png")
+    ann = _bad_coco(tmp_path, case)
+    extra = ["dataset.invalid_annotations=skip"] if case == "unknown_image_under_skip" else []
+    before = _tree_digest(existing_run)
+    res = _alseg(tmp_path, *_coco_overrides(ann, tmp_path / "imgs"), *extra)
+    _assert_one_line_error(res, *fragments)
+    assert _tree_digest(existing_run) == before

@@ -122,3 +122,48 @@ def test_tiny_coco_reads_real_annotations(tiny_coco):
                                 class_names=["person", "cat", "sports ball", "book"], drop_empty=True)
     assert set(sub.class_counts()) == {"person", "cat", "sports ball", "book"}
     assert all(r.instances for r in sub.images)
+
+
+def test_segmentation_area_counts_mask_pixels():
+    from alseg.data.coco import segmentation_area
+
+    assert segmentation_area(_poly(0, 0, 4, 4), 10, 20) == 16.0  # 4 x 4 pixels
+    assert segmentation_area(_poly(0, 0, 2, 2) + _poly(5, 5, 7, 7), 10, 10) == 8.0  # parts merged
+    m = np.zeros((10, 20), np.uint8)
+    m[2:5, 3:9] = 1
+    rle = mask_utils.encode(np.asfortranarray(m))
+    assert segmentation_area({"counts": rle["counts"].decode(), "size": [10, 20]}, 10, 20) == 18.0
+    runs = [23, 3, 7, 3, 7, 3, 7, 3, 7, 3, 7, 3, 124]  # uncompressed, column-major
+    assert segmentation_area({"counts": runs, "size": [10, 20]}, 10, 20) == 18.0
+
+
+def test_instances_without_area_get_the_mask_area(tmp_path):
+    anns = [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [0, 0, 5, 7], "segmentation": _poly(0, 0, 4, 4)},
+            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [0, 0, 9, 9], "segmentation": _poly(0, 0, 4, 4),
+             "area": 55.5}]
+    d = CocoDataset(_coco(tmp_path, anns), tmp_path)
+    assert [i.area for i in d.by_id[7].instances] == [16.0, 55.5]  # the mask's 16 px, not the box's 35; the file's
+    assert [d.coco_gt.anns[i]["area"] for i in (1, 2)] == [16.0, 55.5]
+
+
+def test_drop_empty_is_counted_and_logged(tmp_path, caplog):
+    images = [{"id": i, "file_name": f"{i}.png", "width": 10, "height": 10} for i in (1, 2, 3)]
+    anns = [{"id": 1, "image_id": 2, "category_id": 3, "bbox": [0, 0, 4, 4], "segmentation": _poly(0, 0, 4, 4)},
+            {"id": 2, "image_id": 3, "category_id": 18, "bbox": [0, 0, 4, 4], "segmentation": _poly(0, 0, 4, 4)}]
+    with caplog.at_level("INFO", logger="alseg.data.coco"):
+        d = CocoDataset(_coco(tmp_path, anns, images), tmp_path, source="t.json", class_names=["cat"], drop_empty=True)
+    assert d.image_ids == [2] and d.dropped_empty == 2
+    assert "t.json: drop_empty: dropped 2 of 3 images without any instance of the kept classes" in caplog.text
+    keep_all = CocoDataset(_coco(tmp_path, anns, images), tmp_path, class_names=["cat"])
+    assert keep_all.image_ids == [1, 2, 3] and keep_all.dropped_empty == 0
+
+
+def test_tiny_coco_is_valid_and_its_val_split_keeps_every_image(tiny_coco):
+    from alseg.data.build import coco as build_coco
+
+    splits = build_coco(str(tiny_coco / "annotations/instances_train2017.json"), str(tiny_coco / "images/train2017"),
+                        str(tiny_coco / "annotations/instances_val2017.json"), str(tiny_coco / "images/val2017"),
+                        class_names=["person", "cat", "sports ball", "book"])
+    assert splits.train.skipped == {} and splits.val.skipped == {}  # the real annotations pass, crowd included
+    assert all(r.instances for r in splits.train.images) and splits.train.dropped_empty > 0
+    assert len(splits.val.images) == 6  # every val image, with or without the 4 classes

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -36,7 +37,7 @@ from alseg.tfdp import (
 from alseg.tfdp.cli import main as cli_main
 from alseg.tfdp.scoring import OK
 
-TINY = Path(__file__).resolve().parents[2] / "shared/data/tiny_coco"
+TINY = Path(os.environ.get("ALSEG_TINY_COCO", Path(__file__).resolve().parents[2] / "shared/data/tiny_coco"))
 TINY_TRAIN = TINY / "annotations" / "instances_train2017.json"
 SQUARE_SI = 4 / (2 * math.sqrt(math.pi))  # 1.128...
 
@@ -376,10 +377,13 @@ def test_bad_input_counted_by_reason_never_crashes():
     assert res.stats.ann_id[scored].tolist() == [1, 10]
     np.testing.assert_allclose(res.instance_scores[scored], [0.5, 0.5])  # two squares, one class
     assert res.image_score_map() == pytest.approx({1: 1.0, 2: 0.0})
-    # the same through the pool
-    res2 = score_dataset(coco(anns * 40, images=images), "si_cb_scs", workers=2)
+    # the same through the pool (copies under new annotation ids: a repeated id is a problem too)
+    copies = [dict(a, id=a["id"] + 100 * r) if isinstance(a, dict) else a for r in range(40) for a in anns]
+    res2 = score_dataset(coco(copies, images=images), "si_cb_scs", workers=2)
     per_image = ("invalid_image", "duplicate_image_id")  # image-level reasons do not repeat
     assert res2.problems == {k: (v if k in per_image else 40 * v) for k, v in res.problems.items()}
+    res3 = score_dataset(coco(anns + [ann(1, 1, 1, good)], images=images), "si_cb_scs", workers=1)
+    assert res3.problems == {**res.problems, "duplicate_annotation_id": 1}
 
 
 def test_workers_give_identical_results():

@@ -175,3 +175,34 @@ def test_bad_inputs(voc):
     _png(voc / "SegmentationClass" / "2008_000002.png", np.zeros((H, W + 1)))
     with pytest.raises(DataError, match=r"SegmentationClass/2008_000002\.png: shape \(30, 41\) differs"):
         voc_to_coco_dict(voc, "train")
+
+
+def test_val_split_keeps_every_image(voc):
+    """drop_empty applies to the training pool only: image C (background only) stays in val."""
+    from alseg.data.build import voc as build_voc
+
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("2008_000001\n2008_000003\n")
+    splits = build_voc(str(voc), class_names=["dog"], drop_empty=True)
+    assert splits.train.image_ids == [2008000001] and splits.train.dropped_empty == 2
+    assert splits.val.image_ids == [2008000001, 2008000003] and splits.val.dropped_empty == 0
+
+
+def test_converted_dict_goes_through_validation(voc, monkeypatch):
+    """The converted dict passes the checks of every COCO file; a conversion that produced an
+    invalid annotation (here: RLE counts corrupted on the way) is a one-line DataError."""
+    from alseg.data import voc as voc_module
+
+    real_encode = voc_module.mask_utils.encode
+
+    def bad_encode(m):
+        rle = real_encode(m)
+        rle["counts"] = rle["counts"][:-1]  # runs no longer add up to height x width
+        return rle
+
+    monkeypatch.setattr(voc_module.mask_utils, "encode", bad_encode)
+    with pytest.raises(DataError) as e:
+        voc_to_coco_dict(voc, "train")
+    msg = str(e.value)
+    assert msg.startswith(f"{voc / 'ImageSets' / 'Segmentation' / 'train.txt'}: image 2008_000001.jpg: "
+                          "annotations[0] (id=1): ")
+    assert "(3 invalid converted annotations)" in msg and "\n" not in msg

@@ -2,6 +2,8 @@
 
 Every dataset alseg reads (COCO, VOC converted in memory, the synthetic generator) ends up as a
 ``CocoDataset``: one code path from annotation file to training targets and COCOeval ground truth.
+Every annotation is validated up front (``alseg.data.validation``, the checks ``alseg-prune`` uses
+too), crowd regions included, before anything is built.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from alseg.data.images import check_image_headers, exif_policy
+from alseg.data.validation import OK, REFERENCE_PROBLEMS, check_coco
 from alseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ class Instance:
     category_id: int  # the file's category id
     bbox: tuple[float, float, float, float]  # x, y, w, h as in COCO
     segmentation: Any  # polygons (list of lists) or RLE (dict), as in the file
-    area: float
+    area: float  # the file's 'area', else the mask's pixel count (segmentation_area), as COCO defines it
 
 
 @dataclass
@@ -69,25 +72,17 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask_utils.decode(rle).astype(np.uint8)
 
 
-def _segmentation_problem(seg: Any, height: int, width: int) -> str | None:
-    """Why a segmentation cannot be used, or None when it is fine."""
-    if isinstance(seg, list):
-        if not seg:
-            return "empty polygon list"
-        for part in seg:
-            if not isinstance(part, list) or len(part) < 6 or len(part) % 2:
-                return "degenerate polygon (fewer than 3 points)"
-            if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in part):
-                return "polygon with non-numeric coordinates"
-        return None
-    if isinstance(seg, dict):
-        size = seg.get("size")
-        if "counts" not in seg or not isinstance(size, list) or len(size) != 2:
-            return "RLE without 'counts' and 'size'"
-        if list(size) != [height, width]:
-            return f"RLE size {size} differs from image size [{height}, {width}]"
-        return None
-    return f"segmentation of unsupported type {type(seg).__name__}"
+def segmentation_area(segmentation: Any, height: int, width: int) -> float:
+    """Pixels of the mask of polygons (parts merged) or an RLE, counted by pycocotools without
+    decoding: COCO's 'area' of an annotation (``maskUtils.area``). Not the box's w x h, which
+    puts a thin diagonal object in the "large" range of COCOeval."""
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return float(mask_utils.area(rle))
 
 
 def load_json(path: str | os.PathLike) -> dict:
@@ -111,6 +106,26 @@ class CocoDataset:
 
     Crowd regions are never training instances; they stay in ``coco_gt`` so COCOeval ignores
     detections on them, as the official protocol does.
+
+    Validation (``alseg.data.validation``) runs over every annotation of the file, crowd regions and
+    classes left out by ``class_names`` included, before anything is built; DataError names the
+    file, the entry and the reason on one line:
+
+    * always an error: 'images' / 'annotations' / 'categories' not lists; an image entry without an
+      integer id, a 'file_name' or positive integer width / height; duplicate image or category
+      ids; a category without an integer id and a name; an annotation whose image_id or
+      category_id names nothing in the file (the file does not describe its own images or classes:
+      dropping such annotations would silently change the data);
+    * every other problem of an annotation (its ids, segmentation, bbox, area; a repeated
+      annotation id): an error with ``invalid_annotations="error"`` (the first one is named, with
+      the number of others by reason), or with ``"skip"`` the annotation is dropped, from the
+      training instances and from COCOeval's ground truth alike, and counted by reason in
+      ``skipped`` (logged as a warning). A polygon with a part of fewer than 3 points is dropped
+      whole (reason ``degenerate_part``).
+
+    ``drop_empty``: leave out images without any instance of the kept classes (for a training
+    pool; an evaluation set keeps every image, or detections on the others would never count as
+    false positives). ``dropped_empty`` says how many.
     """
 
     def __init__(
@@ -129,16 +144,16 @@ class CocoDataset:
         self.image_dir = Path(image_dir)
         if invalid_annotations not in INVALID_POLICIES:
             raise DataError(f"{source}: invalid_annotations must be one of {INVALID_POLICIES}, got {invalid_annotations!r}")
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise DataError(f"{source}: missing or malformed field '{key}' (expected a list)")
         self._raw = data
+        # reason -> number of annotations dropped (invalid_annotations="skip"); empty otherwise
+        self.skipped: dict[str, int] = {}
+        self._valid = self._validate(data, invalid_annotations)  # bool per annotation of the file
         self.categories = self._select_categories(data["categories"], class_names)
         self.cat_id_to_label = {c["id"]: i + 1 for i, c in enumerate(self.categories)}
         self.label_to_cat_id = {v: k for k, v in self.cat_id_to_label.items()}
         self.class_names = [c["name"] for c in self.categories]
-        self.skipped: dict[str, int] = {}
-        self.images = self._build_records(data, invalid_annotations, drop_empty)
+        self.dropped_empty = 0
+        self.images = self._build_records(data, drop_empty)
         if max_images is not None:
             if max_images < 1:
                 raise DataError(f"{source}: max_images must be >= 1, got {max_images}")
@@ -165,10 +180,38 @@ class CocoDataset:
     def image_ids(self) -> list[int]:
         return [r.image_id for r in self.images]
 
+    def _validate(self, data: dict, policy: str) -> np.ndarray:
+        """Validate everything (see the class docstring); returns the valid annotations (bool)."""
+        check = check_coco(data, self.source, require_names=True)
+        problems = check.file_problems
+        if problems:
+            p = problems[0]
+            more = f" ({len(problems) - 1} more malformed image / category entries)" if len(problems) > 1 else ""
+            raise DataError(f"{self.source}: {p.where}: {p.text}{more}")
+        report = check.annotations
+        anns = data["annotations"]
+        refs = np.flatnonzero(np.isin(report.status, REFERENCE_PROBLEMS))
+        if refs.size:
+            more = f"; {refs.size - 1} more such annotations" if refs.size > 1 else ""
+            raise DataError(f"{self.source}: {check.describe(anns, int(refs[0]))}{more} (the file does not list "
+                            "that image or category: is it the right annotation file?)")
+        bad = np.flatnonzero(report.status != OK)
+        if bad.size:
+            counts = report.counts()
+            first = check.describe(anns, int(bad[0]))
+            if policy == "error":
+                more = ""
+                if bad.size > 1:
+                    by_reason = ", ".join(f"{k}={v}" for k, v in counts.items())
+                    more = f"; {bad.size - 1} more invalid annotations ({bad.size} in all: {by_reason})"
+                raise DataError(f"{self.source}: {first}{more}; set dataset.invalid_annotations=skip to drop "
+                                "and count them")
+            self.skipped = counts
+            log.warning("%s: skipped %d invalid annotations of %d (%s), e.g. %s", self.source, bad.size, len(anns),
+                        ", ".join(f"{k}={v}" for k, v in counts.items()), first)
+        return report.valid
+
     def _select_categories(self, categories: list, class_names: Sequence[str] | None) -> list[dict]:
-        for i, c in enumerate(categories):
-            if not isinstance(c, dict) or "id" not in c or "name" not in c:
-                raise DataError(f"{self.source}: categories[{i}] needs 'id' and 'name'")
         cats = sorted(categories, key=lambda c: c["id"])
         if not class_names:
             return cats
@@ -179,53 +222,39 @@ class CocoDataset:
         wanted = set(class_names)
         return [c for c in cats if c["name"] in wanted]
 
-    def _build_records(self, data: dict, invalid: str, drop_empty: bool) -> list[ImageRecord]:
+    def _build_records(self, data: dict, drop_empty: bool) -> list[ImageRecord]:
+        """Image records with their valid non-crowd instances of the kept classes (validated data)."""
         records: dict[int, ImageRecord] = {}
-        for i, img in enumerate(data["images"]):
-            try:
-                image_id, file_name = img["id"], img["file_name"]
-                width, height = int(img["width"]), int(img["height"])
-            except (KeyError, TypeError, ValueError):
-                raise DataError(f"{self.source}: images[{i}] needs 'id', 'file_name', 'width', 'height'") from None
-            if image_id in records:
-                raise DataError(f"{self.source}: duplicate image id {image_id}")
-            records[image_id] = ImageRecord(image_id, file_name, self.image_dir / file_name, width, height)
-        all_cat_ids = {c["id"] for c in data["categories"]}
+        for img in data["images"]:
+            iid = int(img["id"])
+            records[iid] = ImageRecord(iid, img["file_name"], self.image_dir / img["file_name"], int(img["width"]),
+                                       int(img["height"]))
+        valid, labels = self._valid, self.cat_id_to_label
         for i, ann in enumerate(data["annotations"]):
-            where = f"{self.source}: annotations[{i}] (id={ann.get('id') if isinstance(ann, dict) else '?'})"
-            if not isinstance(ann, dict) or not {"id", "image_id", "category_id"} <= ann.keys():
-                raise DataError(f"{where}: needs 'id', 'image_id', 'category_id'")
-            if ann["image_id"] not in records:
-                raise DataError(f"{where}: unknown image_id {ann['image_id']}")
-            if ann["category_id"] not in all_cat_ids:
-                raise DataError(f"{where}: unknown category_id {ann['category_id']}")
-            if ann.get("iscrowd", 0) or ann["category_id"] not in self.cat_id_to_label:
+            if not valid[i] or ann.get("iscrowd") or ann["category_id"] not in labels:
                 continue
             rec = records[ann["image_id"]]
-            problem = _segmentation_problem(ann.get("segmentation"), rec.height, rec.width)
-            bbox = ann.get("bbox")
-            if problem is None and (not isinstance(bbox, list) or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0):
-                problem = f"invalid bbox {bbox}"
-            if problem is not None:
-                if invalid == "error":
-                    raise DataError(f"{where}: {problem} (set dataset.invalid_annotations=skip to drop such instances)")
-                self.skipped[problem] = self.skipped.get(problem, 0) + 1
-                continue
+            area = ann.get("area")
+            if area is None:
+                area = segmentation_area(ann["segmentation"], rec.height, rec.width)
             rec.instances.append(
                 Instance(
                     ann_id=ann["id"],
-                    label=self.cat_id_to_label[ann["category_id"]],
+                    label=labels[ann["category_id"]],
                     category_id=ann["category_id"],
-                    bbox=tuple(float(v) for v in bbox),
+                    bbox=tuple(float(v) for v in ann["bbox"]),
                     segmentation=ann["segmentation"],
-                    area=float(ann.get("area", bbox[2] * bbox[3])),
+                    area=float(area),
                 )
             )
-        if self.skipped:
-            log.warning("%s: skipped invalid annotations: %s", self.source, self.skipped)
         out = sorted(records.values(), key=lambda r: r.image_id)
         if drop_empty:
-            out = [r for r in out if r.instances]
+            kept = [r for r in out if r.instances]
+            self.dropped_empty = len(out) - len(kept)
+            if self.dropped_empty:
+                log.info("%s: drop_empty: dropped %d of %d images without any instance of the kept classes",
+                         self.source, self.dropped_empty, len(out))
+            out = kept
         return out
 
     def subset(self, image_ids: Sequence[int]) -> "CocoDataset":
@@ -238,17 +267,18 @@ class CocoDataset:
         return new
 
     def to_coco_dict(self, include_crowd: bool = True) -> dict:
-        """COCO JSON of the kept images and classes (crowd regions kept for evaluation)."""
+        """COCO JSON of the kept images and classes: their valid annotations (crowd regions too,
+        for evaluation, unless ``include_crowd`` is False). The annotation dicts are the file's."""
         ids = set(self.by_id)
+        valid, labels = self._valid, self.cat_id_to_label
         anns = [
             a
-            for a in self._raw["annotations"]
-            if a["image_id"] in ids
-            and a["category_id"] in self.cat_id_to_label
-            and (include_crowd or not a.get("iscrowd", 0))
+            for i, a in enumerate(self._raw["annotations"])
+            if valid[i]
+            and a["image_id"] in ids
+            and a["category_id"] in labels
+            and (include_crowd or not a.get("iscrowd"))
         ]
-        valid_ann_ids = {i.ann_id for r in self.images for i in r.instances}
-        anns = [a for a in anns if a.get("iscrowd", 0) or a["id"] in valid_ann_ids]
         out = {k: v for k, v in self._raw.items() if k not in ("images", "annotations", "categories")}
         out["images"] = [img for img in self._raw["images"] if img["id"] in ids]
         out["annotations"] = anns
@@ -257,13 +287,20 @@ class CocoDataset:
 
     @property
     def coco_gt(self) -> COCO:
-        """pycocotools ground truth of this dataset, for COCOeval."""
+        """pycocotools ground truth of this dataset, for COCOeval. An annotation without 'area' gets
+        its mask's area (as COCO defines it, ``segmentation_area``), not its box's."""
         if self._coco_gt is None:
             d = self.to_coco_dict()
+            anns = []
             for a in d["annotations"]:
-                a.setdefault("iscrowd", 0)
-                if "area" not in a:
-                    a["area"] = float(a["bbox"][2] * a["bbox"][3])
+                if a.get("area") is None or a.get("iscrowd") not in (0, 1):
+                    rec = self.by_id[a["image_id"]]
+                    area = a.get("area")
+                    if area is None:
+                        area = segmentation_area(a["segmentation"], rec.height, rec.width)
+                    a = {**a, "area": area, "iscrowd": int(bool(a.get("iscrowd")))}  # the file's dict unchanged
+                anns.append(a)
+            d["annotations"] = anns
             gt = COCO()
             gt.dataset = d
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress

@@ -16,6 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from alseg.data.coco import CocoDataset
+from alseg.data.validation import OK, check_coco
 from alseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,25 @@ def voc_to_coco_dict(voc_root: str | os.PathLike, split: str = "train", difficul
         log.warning("%s: %d image(s) whose XML object count differs from the mask instances; "
                     "their difficult flags are set to 0", root, mismatched)
     categories = [{"id": i + 1, "name": n, "supercategory": "voc"} for i, n in enumerate(VOC_CLASSES)]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    _check_converted(data, split_file(root, split))
+    return data
+
+
+def _check_converted(data: dict, source: Path) -> None:
+    """The converted dict passes the validation every COCO file goes through (alseg.data.validation;
+    RLEs made by pycocotools: cheap), so that neither alseg nor a written COCO file ever holds an
+    annotation the loader or alseg-prune would reject. DataError naming the split file otherwise."""
+    check = check_coco(data, str(source), require_names=True)
+    if check.file_problems:
+        p = check.file_problems[0]
+        raise DataError(f"{source}: {p.where}: {p.text}")
+    bad = np.flatnonzero(check.annotations.status != OK)
+    if bad.size:
+        ann = data["annotations"][int(bad[0])]
+        image = next(i["file_name"] for i in data["images"] if i["id"] == ann["image_id"])
+        raise DataError(f"{source}: image {image}: {check.describe(data['annotations'], int(bad[0]))} "
+                        f"({bad.size} invalid converted annotations)")
 
 
 def load_voc(voc_root: str | os.PathLike, split: str = "train", difficult_as_crowd: bool = False,

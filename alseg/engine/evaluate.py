@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -53,16 +55,28 @@ def to_coco_results(data: CocoDataset, image_id, boxes, scores, labels, masks) -
 
 
 def _coco_eval(gt, results: list, iou_type: str, class_names: list[str]) -> dict:
+    """COCOeval (``iou_type`` "segm" or "bbox") of ``results`` against ``gt``: mask_/box_ AP, AP50,
+    AP75, APs, APm, APl and AP/<class>, floats in [0, 1].
+
+    A value COCOeval cannot compute (its -1: no ground-truth object in that size range, or no
+    ground truth at all) is NaN, never 0; a class without ground truth has no AP/<class> key.
+    Without any detection, COCOeval runs on an empty result set: AP 0 wherever ground truth
+    exists, NaN where it does not.
+    """
     prefix = "mask_" if iou_type == "segm" else "box_"
-    if not results:
-        return {prefix + n: 0.0 for n in STAT_NAMES}
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
+        if results:
+            dt = gt.loadRes(results)
+        else:  # loadRes refuses an empty list
+            dt = COCO()
+            dt.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]),
+                          "annotations": []}
+            dt.createIndex()
         ev = COCOeval(gt, dt, iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    out = {prefix + n: max(0.0, float(v)) for n, v in zip(STAT_NAMES, ev.stats[:6])}
+    out = {prefix + n: (float(v) if v >= 0 else math.nan) for n, v in zip(STAT_NAMES, ev.stats[:6])}
     # Per-class AP over IoU .50:.95, all areas, 100 detections; -1 (no ground truth) is skipped.
     prec = ev.eval["precision"][:, :, :, 0, -1]
     for k, cat_id in enumerate(ev.params.catIds):
@@ -108,7 +122,8 @@ def dice_and_greedy_iou(gt_masks: np.ndarray, pred_masks: np.ndarray) -> tuple[l
 
 def evaluate(model, data: CocoDataset, device="cpu", batch_size: int = 4, score_threshold_dice: float = 0.5,
              progress: bool = True) -> dict:
-    """All metrics of a model on a dataset, as a flat dict of floats."""
+    """All metrics of a model on a dataset, as a flat dict of floats (NaN: not computable, e.g. APl
+    without any large object; see ``_coco_eval``)."""
     segm, bbox, dices, ious = [], [], [], []
     for image_id, boxes, scores, labels, masks in predict(model, data, device=device, batch_size=batch_size,
                                                           desc="evaluate", progress=progress):

@@ -30,7 +30,6 @@ import numpy as np
 from alseg.errors import AlsegError, ConfigError
 from alseg.tfdp.scoring import (
     CONTOURS,
-    CROWD,
     DEFAULT_VARIANT,
     INVALID_ANNOTATION,
     INVALID_IMAGE_SIZE,
@@ -123,7 +122,7 @@ def write_image_scores(path: Path, result: ScoreResult, kept: set[int]) -> None:
 
 def write_instance_scores(path: Path, result: ScoreResult) -> None:
     s = result.stats
-    rows = np.flatnonzero(s.status != CROWD)
+    rows = np.flatnonzero(~s.crowd)
 
     def write(f):
         w = csv.writer(f)
@@ -140,7 +139,7 @@ def write_instance_scores(path: Path, result: ScoreResult) -> None:
 def images_per_class(result: ScoreResult, image_ids: np.ndarray | None = None) -> dict[int, int]:
     """category id -> number of images holding a (non-crowd) instance of it, among image_ids."""
     s = result.stats
-    holds = ~np.isin(s.status, (CROWD, INVALID_ANNOTATION, UNKNOWN_IMAGE, INVALID_IMAGE_SIZE, UNKNOWN_CATEGORY))
+    holds = ~s.crowd & ~np.isin(s.status, (INVALID_ANNOTATION, UNKNOWN_IMAGE, INVALID_IMAGE_SIZE, UNKNOWN_CATEGORY))
     img, cat = s.image_id[holds], s.category_id[holds]
     if image_ids is not None:
         sel = np.isin(img, image_ids)

@@ -22,14 +22,19 @@ Choices the paper leaves open, and what this module does:
   nor is subtracted from A.
 * **Multi-part polygons** are merged (union) into one mask before tracing, as ``annToMask`` does.
   A part with fewer than 3 points has no area: it is dropped and the instance is still scored
-  (status ``degenerate_part``, reported); an instance with no part left is ``degenerate_polygon``.
+  (status ``degenerate_part``, reported; the training loader rejects such an annotation, see
+  ``dataset.invalid_annotations``); an instance with no part left is ``degenerate_polygon``.
 * **Contours pass through pixel centres**: a filled ``n x n`` pixel square has a contour of side
   ``n - 1`` (P = 4(n-1), A = (n-1)^2). The 8-connected chain over-estimates the length of curved or
   slanted borders (by 8(sqrt 2 - 1)/pi ~ 5.5 % on average over directions), so a rasterised disc
   scores SI-SCS ~ 1.05, not exactly 1.
-* **Unscorable instances** (no pixel in the image, contour area 0, malformed input) get no score,
-  are left out of the class sums and are counted by reason in ``ScoreResult.problems``; they never
-  stop the run. Crowd regions are not instances: skipped, counted in ``n_crowd``, not a problem.
+* **Invalid annotations** are those ``alseg.data.validation`` rejects (the training loader rejects
+  the same ones, with the same reason names): every annotation is checked, crowd regions included.
+  They get no score, are left out of the class sums and are counted by reason in
+  ``ScoreResult.problems``; they never stop the run. Two outcomes of the measurement add to them:
+  ``empty_mask`` (the rasterised mask has no pixel) and ``zero_area`` (its contour encloses no area,
+  e.g. a line one pixel wide). Valid crowd regions are not instances: skipped, counted in
+  ``n_crowd``, not a problem.
 * **Images without any scorable instance** score 0 and so are pruned first. Ties between image
   scores are broken by image id (smaller id first) so that selection is deterministic.
 * **Kept count** for a ratio: ``round(keep * n_images)`` (half up), at least 1.
@@ -37,8 +42,9 @@ Choices the paper leaves open, and what this module does:
 Speed: a polygon is rasterised only inside its bounding box (+1 px margin, clipped to the image),
 with its coordinates shifted so that pycocotools produces exactly the pixels it would produce on the
 full image (see ``_shift_coords``); an RLE is decoded then cropped to its box before tracing. The
-parent turns annotations into compact numpy chunks (coordinates, offsets, sizes) that a process pool
-scores; a worker never holds more than one mask at a time.
+parent validates the annotations chunk by chunk (``alseg.data.validation.AnnotationChecker``, which
+also builds the compact numpy chunks: coordinates, offsets, sizes) and a process pool scores the
+chunks; a worker never holds more than one mask at a time.
 """
 
 from __future__ import annotations
@@ -62,6 +68,30 @@ import cv2
 import numpy as np
 from pycocotools import _mask
 
+from alseg.data.validation import (  # noqa: F401  (status codes re-exported for alseg.tfdp users)
+    CROWD,
+    DEGENERATE_PART,
+    DEGENERATE_POLYGON,
+    DUPLICATE_ANNOTATION_ID,
+    EMPTY_MASK,
+    INVALID_ANNOTATION,
+    INVALID_AREA,
+    INVALID_BBOX,
+    INVALID_IMAGE_SIZE,
+    INVALID_RLE,
+    INVALID_SEGMENTATION,
+    OK,
+    REASONS,
+    RLE_SIZE_MISMATCH,
+    UNKNOWN_CATEGORY,
+    UNKNOWN_IMAGE,
+    ZERO_AREA,
+    AnnotationChecker,
+    image_size,
+    index_categories,
+    index_images,
+    is_int,
+)
 from alseg.errors import AlsegError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -69,44 +99,17 @@ log = logging.getLogger(__name__)
 VARIANTS = ("scs", "si_scs", "cb_scs", "si_cb_scs")
 CONTOURS = ("largest", "all")
 DEFAULT_VARIANT = "si_cb_scs"
-SCORING_VERSION = 1  # bump when the numbers change: old cache files are then never read
+SCORING_VERSION = 2  # bump when the numbers change: old cache files are then never read
 MARGIN = 1  # empty pixels kept around a mask's box in its crop (contours never touch a cut edge)
 
-# Per-annotation status codes (ShapeStats.status).
-OK = 0
-DEGENERATE_PART = 1  # scored; some part(s) with fewer than 3 points were dropped
-CROWD = 2  # not an instance: not scored, not a problem
-INVALID_ANNOTATION = 3  # not a dict, or no integer 'id' / 'image_id' / 'category_id'
-UNKNOWN_IMAGE = 4
-INVALID_IMAGE_SIZE = 5  # its image has no positive integer width/height
-UNKNOWN_CATEGORY = 6
-INVALID_SEGMENTATION = 7  # unsupported type, non-numeric / odd-length / far-out-of-image coords
-DEGENERATE_POLYGON = 8  # no polygon part with 3 points or more
-RLE_SIZE_MISMATCH = 9
-INVALID_RLE = 10  # corrupt counts (do not add up to height * width)
-EMPTY_MASK = 11  # no pixel inside the image
-ZERO_AREA = 12  # pixels, but the contour encloses no area (a line one pixel wide)
-
-STATUS_NAMES = {
-    OK: "ok",
-    DEGENERATE_PART: "degenerate_part",
-    CROWD: "crowd",
-    INVALID_ANNOTATION: "invalid_annotation",
-    UNKNOWN_IMAGE: "unknown_image",
-    INVALID_IMAGE_SIZE: "invalid_image_size",
-    UNKNOWN_CATEGORY: "unknown_category",
-    INVALID_SEGMENTATION: "invalid_segmentation",
-    DEGENERATE_POLYGON: "degenerate_polygon",
-    RLE_SIZE_MISMATCH: "rle_size_mismatch",
-    INVALID_RLE: "invalid_rle",
-    EMPTY_MASK: "empty_mask",
-    ZERO_AREA: "zero_area",
-}
+# Per-annotation status codes (ShapeStats.status): alseg.data.validation's reasons, whose table
+# says what each means, plus CROWD (a valid crowd region) and two outcomes of the measurement,
+# EMPTY_MASK (no pixel after rasterisation) and ZERO_AREA (the contour encloses no area).
+STATUS_NAMES = REASONS
 SCORED_STATUSES = (OK, DEGENERATE_PART)
 
 _MIN_CHUNK = 256
 _MAX_CHUNK = 4096
-_UINT32_MAX = 2**32
 
 
 class ShapeStats(NamedTuple):
@@ -118,6 +121,7 @@ class ShapeStats(NamedTuple):
     perimeter: np.ndarray  # float64, NaN when not measured
     area: np.ndarray  # float64, NaN when not measured
     status: np.ndarray  # int8, see STATUS_NAMES
+    crowd: np.ndarray  # bool: iscrowd set (status CROWD, or the reason why the region is invalid)
 
     @property
     def scored(self) -> np.ndarray:
@@ -170,40 +174,14 @@ def _resolve_workers(workers: int | None) -> int:
     return int(workers)
 
 
-def _is_int(v: Any) -> bool:
-    return type(v) is int or isinstance(v, np.integer)
-
-
-def _image_size(img: Mapping) -> tuple[int, int] | None:
-    """(height, width) of an image entry, or None when they are not positive integers."""
-    try:
-        h, w = img["height"], img["width"]
-        if isinstance(h, bool) or isinstance(w, bool):
-            return None
-        hi, wi = int(h), int(w)
-        if hi != h or wi != w or hi < 1 or wi < 1:
-            return None
-        return hi, wi
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
-
-
 def _index_images(images: Any, problems: dict[str, int]) -> tuple[list[int], dict[int, tuple[int, int] | None]]:
-    """Image ids in file order and id -> (h, w) (None: unusable size). Bad entries are counted."""
-    ids: list[int] = []
-    sizes: dict[int, tuple[int, int] | None] = {}
-    for img in images:
-        iid = img.get("id") if isinstance(img, dict) else None
-        if not _is_int(iid):
-            problems["invalid_image"] = problems.get("invalid_image", 0) + 1
-            continue
-        iid = int(iid)
-        if iid in sizes:
-            problems["duplicate_image_id"] = problems.get("duplicate_image_id", 0) + 1
-            continue
-        ids.append(iid)
-        sizes[iid] = _image_size(img)
-    return ids, sizes
+    """Image ids in file order and id -> (h, w) (None: unusable size). Malformed entries and
+    duplicate ids are counted (an unusable size is counted per annotation, as invalid_image_size)."""
+    index = index_images(images)
+    for p in index.problems:
+        if p.reason != "invalid_image_size":
+            problems[p.reason] = problems.get(p.reason, 0) + 1
+    return index.ids, index.sizes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,142 +208,26 @@ def _build_chunks(
     chunk_size: int,
     out: dict[str, np.ndarray],
 ) -> Iterator[_Chunk]:
-    """Yield compact chunks; fill out['ann_id'|'image_id'|'category_id'|'status'] on the way.
+    """Validate the annotations and yield compact chunks of the valid non-crowd ones; fill
+    out['ann_id'|'image_id'|'category_id'|'status'|'crowd'] on the way.
 
     Lazy: the caller builds the next chunks while workers score the previous ones, and only a few
     chunks exist at any time.
     """
+    checker = AnnotationChecker(sizes, category_ids)
     n = len(annotations)
-    status_out = out["status"]
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
-        m = stop - start
-        aid_l = [-1] * m
-        iid_l = [-1] * m
-        cid_l = [-1] * m
-        st_l = [OK] * m
-        local: list[int] = []
-        coords: list = []
-        part_ptr = [0]
-        inst_ptr = [0]
-        inst_val_range: list[tuple[int, int]] = []
-        hw: list[tuple[int, int]] = []
-        rles: list = []
-        for k in range(m):
-            ann = annotations[start + k]
-            if type(ann) is not dict:
-                st_l[k] = INVALID_ANNOTATION
-                continue
-            aid = ann.get("id")
-            iid = ann.get("image_id")
-            cid = ann.get("category_id")
-            if not (type(aid) is int and type(iid) is int and type(cid) is int) and not (
-                _is_int(aid) and _is_int(iid) and _is_int(cid)
-            ):
-                st_l[k] = INVALID_ANNOTATION
-                continue
-            aid_l[k] = aid
-            iid_l[k] = iid
-            cid_l[k] = cid
-            if ann.get("iscrowd", 0):
-                st_l[k] = CROWD
-                continue
-            if iid not in sizes:
-                st_l[k] = UNKNOWN_IMAGE
-                continue
-            size = sizes[iid]
-            if size is None:
-                st_l[k] = INVALID_IMAGE_SIZE
-                continue
-            if category_ids is not None and cid not in category_ids:
-                st_l[k] = UNKNOWN_CATEGORY
-                continue
-            seg = ann.get("segmentation")
-            if type(seg) is list:
-                mark_c, mark_p = len(coords), len(part_ptr)
-                n_parts = 0
-                dropped = False
-                for part in seg:
-                    if type(part) is not list or len(part) % 2:
-                        st_l[k] = INVALID_SEGMENTATION
-                        break
-                    if len(part) < 6:
-                        dropped = True
-                        continue
-                    coords.extend(part)
-                    part_ptr.append(len(coords))
-                    n_parts += 1
-                else:
-                    if n_parts == 0:
-                        st_l[k] = DEGENERATE_POLYGON
-                    else:
-                        if dropped:
-                            st_l[k] = DEGENERATE_PART
-                        local.append(k)
-                        inst_ptr.append(len(part_ptr) - 1)
-                        inst_val_range.append((mark_c, len(coords)))
-                        hw.append(size)
-                        continue
-                del coords[mark_c:]
-                del part_ptr[mark_p:]
-            elif type(seg) is dict:
-                rsize = seg.get("size")
-                if "counts" not in seg or not isinstance(rsize, (list, tuple)) or len(rsize) != 2:
-                    st_l[k] = INVALID_SEGMENTATION
-                elif list(rsize) != [size[0], size[1]]:
-                    st_l[k] = RLE_SIZE_MISMATCH
-                else:
-                    rles.append((k, seg, size[0], size[1]))
-            else:
-                st_l[k] = INVALID_SEGMENTATION
-
-        try:
-            coords_arr = np.asarray(coords, dtype=np.float64)
-        except (TypeError, ValueError, OverflowError):
-            coords_arr, part_ptr, inst_ptr, local, hw = _repair_chunk(
-                coords, part_ptr, inst_ptr, inst_val_range, local, hw, st_l
-            )
-        del coords
-        out["ann_id"][start:stop] = aid_l
-        out["image_id"][start:stop] = iid_l
-        out["category_id"][start:stop] = cid_l
-        status_out[start:stop] = st_l
-        yield _Chunk(
-            start=start,
-            local=np.asarray(local, dtype=np.int32),
-            coords=coords_arr,
-            part_ptr=np.asarray(part_ptr, dtype=np.int64),
-            inst_ptr=np.asarray(inst_ptr, dtype=np.int64),
-            hw=np.asarray(hw, dtype=np.int64).reshape(-1, 2),
-            rles=rles,
-            contour=contour,
-        )
-
-
-def _repair_chunk(coords, part_ptr, inst_ptr, inst_val_range, local, hw, st_l):
-    """Slow path when some coordinates are not numbers: convert instance by instance."""
-    new_coords: list[np.ndarray] = []
-    new_part_ptr = [0]
-    new_inst_ptr = [0]
-    new_local: list[int] = []
-    new_hw: list = []
-    total = 0
-    for j, k in enumerate(local):
-        a, b = inst_val_range[j]
-        try:
-            arr = np.asarray(coords[a:b], dtype=np.float64)
-        except (TypeError, ValueError, OverflowError):
-            st_l[k] = INVALID_SEGMENTATION
-            continue
-        new_coords.append(arr)
-        for p in range(inst_ptr[j], inst_ptr[j + 1]):
-            total += part_ptr[p + 1] - part_ptr[p]
-            new_part_ptr.append(total)
-        new_inst_ptr.append(len(new_part_ptr) - 1)
-        new_local.append(k)
-        new_hw.append(hw[j])
-    arr = np.concatenate(new_coords) if new_coords else np.zeros(0, np.float64)
-    return arr, new_part_ptr, new_inst_ptr, new_local, new_hw
+        c = checker.check(annotations, start, stop, geometry=True, crowd_geometry=False)
+        st = c.status
+        st[c.crowd & ((st == OK) | (st == DEGENERATE_PART))] = CROWD  # a crowd region is never scored
+        out["ann_id"][start:stop] = c.ann_id
+        out["image_id"][start:stop] = c.image_id
+        out["category_id"][start:stop] = c.category_id
+        out["status"][start:stop] = st
+        out["crowd"][start:stop] = c.crowd
+        yield _Chunk(start=start, local=c.poly_local, coords=c.coords, part_ptr=c.part_ptr, inst_ptr=c.inst_ptr,
+                     hw=c.hw, rles=c.rles, contour=contour)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,49 +266,13 @@ def _shift_coords(v: np.ndarray, origin_per_vertex: np.ndarray) -> np.ndarray:
     return np.where(origin_per_vertex > 0, shifted, v)
 
 
-def _rle_string_total(counts: bytes) -> int | None:
-    """Sum of the runs of a compressed COCO RLE string (as pycocotools' rleFrString reads it), or
-    None when a run is negative or too large (pycocotools would overflow its buffer)."""
-    runs: list[int] = []
-    total = 0
-    p, n = 0, len(counts)
-    while p < n:
-        x = k = 0
-        more = True
-        while more:
-            if p >= n:
-                return None
-            c = counts[p] - 48
-            if c < 0 or c > 63:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        if x < 0 or x >= _UINT32_MAX:
-            return None
-        runs.append(x)
-        total += x
-    return total
-
-
 def _rle_stats(seg: dict, h: int, w: int, contour: str) -> tuple[float, float, int]:
+    """P, A and status of an RLE that alseg.data.validation accepted (runs adding up to h * w)."""
     counts = seg["counts"]
     if isinstance(counts, list):
-        if not all(_is_int(c) and 0 <= c < _UINT32_MAX for c in counts) or sum(counts) != h * w:
-            return math.nan, math.nan, INVALID_RLE
         rle = _mask.frUncompressedRLE([{"counts": counts, "size": [h, w]}], h, w)[0]
-    elif isinstance(counts, (str, bytes)):
-        raw = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
-        if _rle_string_total(raw) != h * w:
-            return math.nan, math.nan, INVALID_RLE
-        rle = {"counts": raw, "size": [h, w]}
     else:
-        return math.nan, math.nan, INVALID_SEGMENTATION
+        rle = {"counts": counts.encode("ascii") if isinstance(counts, str) else counts, "size": [h, w]}
     x, y, bw, bh = _mask.toBbox([rle])[0]
     if bw <= 0 or bh <= 0:
         return math.nan, math.nan, EMPTY_MASK
@@ -514,32 +340,23 @@ def _score_polygons(chunk: _Chunk, per: np.ndarray, area: np.ndarray, st: np.nda
     v0 = vptr[inst_ptr[:-1]]
     nv = vptr[inst_ptr[1:]] - v0
     h, w = chunk.hw[:, 0], chunk.hw[:, 1]
-    finite = np.logical_and.reduceat(np.isfinite(xs) & np.isfinite(ys), v0)
-    xs_f = np.where(np.isfinite(xs), xs, 0.0)
-    ys_f = np.where(np.isfinite(ys), ys, 0.0)
-    minx, maxx = np.minimum.reduceat(xs_f, v0), np.maximum.reduceat(xs_f, v0)
-    miny, maxy = np.minimum.reduceat(ys_f, v0), np.maximum.reduceat(ys_f, v0)
-    # Far-out coordinates would make pycocotools walk (and allocate) absurdly long borders.
-    d = np.maximum(h, w).astype(np.float64)
-    in_range = (minx >= -4 * d) & (miny >= -4 * d) & (maxx <= 5 * d) & (maxy <= 5 * d)
-    valid = finite & in_range
-    ox = np.where(valid, np.maximum(0, np.floor(minx) - MARGIN), 0).astype(np.int64)
-    oy = np.where(valid, np.maximum(0, np.floor(miny) - MARGIN), 0).astype(np.int64)
-    cw = np.where(valid, np.minimum(w, np.ceil(maxx) + MARGIN + 1) - ox, 0).astype(np.int64)
-    ch = np.where(valid, np.minimum(h, np.ceil(maxy) + MARGIN + 1) - oy, 0).astype(np.int64)
+    # Coordinates are finite and within max(h, w) of the image (alseg.data.validation).
+    minx, maxx = np.minimum.reduceat(xs, v0), np.maximum.reduceat(xs, v0)
+    miny, maxy = np.minimum.reduceat(ys, v0), np.maximum.reduceat(ys, v0)
+    ox = np.maximum(0, np.floor(minx) - MARGIN).astype(np.int64)
+    oy = np.maximum(0, np.floor(miny) - MARGIN).astype(np.int64)
+    cw = (np.minimum(w, np.ceil(maxx) + MARGIN + 1) - ox).astype(np.int64)
+    ch = (np.minimum(h, np.ceil(maxy) + MARGIN + 1) - oy).astype(np.int64)
     shifted = np.empty_like(coords)
-    shifted[0::2] = _shift_coords(xs_f, np.repeat(ox, nv))
-    shifted[1::2] = _shift_coords(ys_f, np.repeat(oy, nv))
+    shifted[0::2] = _shift_coords(xs, np.repeat(ox, nv))
+    shifted[1::2] = _shift_coords(ys, np.repeat(oy, nv))
 
     fr_poly, merge, decode, stats = _mask.frPoly, _mask.merge, _mask.decode, _contour_stats
     contour = chunk.contour
     pp = part_ptr.tolist()
     ip = inst_ptr.tolist()
-    cwl, chl, validl = cw.tolist(), ch.tolist(), valid.tolist()
+    cwl, chl = cw.tolist(), ch.tolist()
     for j in range(n_poly):
-        if not validl[j]:
-            st[j] = INVALID_SEGMENTATION
-            continue
         cwj, chj = cwl[j], chl[j]
         if cwj < 1 or chj < 1:
             st[j] = EMPTY_MASK
@@ -616,7 +433,8 @@ def instance_shape_stats(
     chunk_size: int | None = None,
     report: dict | None = None,
 ) -> ShapeStats:
-    """Perimeter, area and status of every annotation (see STATUS_NAMES), in input order.
+    """Perimeter, area and status of every annotation (see STATUS_NAMES), in input order; every
+    annotation is validated first (``alseg.data.validation``), crowd regions included.
 
     ``images_by_id`` maps image id -> image dict (needs 'height' and 'width') or (height, width).
     ``category_ids``: when given, annotations of other categories are ``unknown_category``.
@@ -632,9 +450,9 @@ def instance_shape_stats(
         if img is None:
             sizes[iid] = None
         elif isinstance(img, Mapping):
-            sizes[iid] = _image_size(img)
+            sizes[iid] = image_size(img)
         else:
-            sizes[iid] = _image_size({"height": img[0], "width": img[1]})
+            sizes[iid] = image_size({"height": img[0], "width": img[1]})
     cats = None if category_ids is None else set(category_ids)
     n = len(annotations)
     out = {
@@ -642,6 +460,7 @@ def instance_shape_stats(
         "image_id": np.full(n, -1, dtype=np.int64),
         "category_id": np.full(n, -1, dtype=np.int64),
         "status": np.zeros(n, dtype=np.int8),
+        "crowd": np.zeros(n, dtype=bool),
     }
     perimeter = np.full(n, np.nan)
     area = np.full(n, np.nan)
@@ -671,7 +490,7 @@ def instance_shape_stats(
         _run_pool(chunks, workers, collect)
     if report is not None:
         report.update(worker_cpu_s=cpu[0], worker_peak_rss_kib=rss[0])
-    return ShapeStats(out["ann_id"], out["image_id"], out["category_id"], perimeter, area, status)
+    return ShapeStats(out["ann_id"], out["image_id"], out["category_id"], perimeter, area, status, out["crowd"])
 
 
 def _base_scores(perimeter: np.ndarray, area: np.ndarray, variant: str) -> np.ndarray:
@@ -713,7 +532,10 @@ def score_dataset(
     t0 = time.perf_counter()
     problems: dict[str, int] = {}
     image_ids, sizes = _index_images(coco_dict["images"], problems)
-    cat_ids = {c["id"] for c in coco_dict["categories"] if isinstance(c, dict) and _is_int(c.get("id"))}
+    cats, cat_problems = index_categories(coco_dict["categories"])
+    for p in cat_problems:
+        problems[p.reason] = problems.get(p.reason, 0) + 1
+    cat_ids = set(cats)
     anns = coco_dict["annotations"]
     bar = None
     callback = progress if callable(progress) else None
@@ -791,7 +613,7 @@ def kept_count(n_images: int, keep: float | None = None, count: int | None = Non
         if not (0.0 < float(keep) <= 1.0):
             raise ConfigError(f"kept ratio must be in (0, 1] (pruning rate = 1 - kept ratio), got {keep}")
         return max(1, int(math.floor(float(keep) * n_images + 0.5)))
-    if isinstance(count, bool) or not _is_int(count):
+    if isinstance(count, bool) or not is_int(count):
         raise ConfigError(f"count must be an integer, got {count!r}")
     if not (1 <= count <= n_images):
         raise ConfigError(f"count must be between 1 and the number of images ({n_images}), got {count}")
@@ -820,13 +642,13 @@ def prune_coco(coco_dict: Mapping, kept_ids: Iterable[int]) -> dict:
     images, seen = [], set()
     for img in coco_dict.get("images", []):
         iid = img.get("id") if isinstance(img, dict) else None
-        if _is_int(iid) and iid in kept and iid not in seen:
+        if is_int(iid) and iid in kept and iid not in seen:
             seen.add(iid)
             images.append(img)
     anns = []
     for a in coco_dict.get("annotations", []):
         iid = a.get("image_id") if isinstance(a, dict) else None
-        if _is_int(iid) and iid in seen:
+        if is_int(iid) and iid in seen:
             anns.append(a)
     out["images"] = images
     out["annotations"] = anns

@@ -218,12 +218,23 @@ class Group:
     plot_rounds: list[int] = field(default_factory=list)
 
 
+def _missing(v: Any) -> bool:
+    """A value a run does not have: null in results.jsonl (a metric that could not be computed,
+    e.g. APl without any large object) or NaN."""
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _has(rec: dict, key: str) -> bool:
+    return key in rec and not _missing(rec[key])
+
+
 def _mean_std(runs: list[Run], k: int, key: str) -> tuple[float, float] | None:
-    """Mean and population std over runs of one round's value; None unless every run has it."""
+    """Mean and population std over runs of one round's value; None unless every run has it
+    (absent, null and NaN are missing)."""
     vals = []
     for run in runs:
         rec = run.record(k)
-        if key not in rec:
+        if not _has(rec, key):
             return None
         v = rec[key]
         if not _is_number(v):
@@ -287,10 +298,10 @@ def aggregate(label: str, runs: list[Run], metrics: Sequence[str], keys: Sequenc
         row = Row(label, k, len(runs), _mean_std(runs, k, "labeled_images"), _mean_std(runs, k, "hours"),
                   {m: _mean_std(runs, k, m) for m in metrics})
         g.rows.append(row)
-        partial = [m for m in metrics if row.metrics[m] is None and any(m in r.record(k) for r in runs)]
+        partial = [m for m in metrics if row.metrics[m] is None and any(_has(r.record(k), m) for r in runs)]
         if partial:
             notes.append(f"group {label}, round {k}: {', '.join(partial)} missing in some runs; not aggregated")
-        present = [m for m in metrics if any(m in r.record(k) for r in runs)]
+        present = [m for m in metrics if any(_has(r.record(k), m) for r in runs)]
         if row.labeled_images and row.hours and not partial and present:
             g.plot_rounds.append(k)
     return g

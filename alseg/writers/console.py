@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.table import Table
 
@@ -31,13 +33,20 @@ def _columns(records: list[dict]) -> list[tuple[str, str, str]]:
     return [*COLUMNS[:2], *extra, *COLUMNS[2:]]
 
 
+def _cell(value, fmt: str) -> str:
+    """'-' for a missing value: absent, None (null in results.jsonl) or NaN (not computable)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
 def results_table(records: list[dict], title: str = "") -> Table:
     table = Table(title=title or None)
     columns = _columns(records)
     for _, header, _ in columns:
         table.add_column(header, justify="right")
     for r in records:
-        table.add_row(*(fmt.format(r[k]) if k in r else "-" for k, _, fmt in columns))
+        table.add_row(*(_cell(r.get(k), fmt) for k, _, fmt in columns))
     return table
 
 

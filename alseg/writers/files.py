@@ -1,14 +1,31 @@
-"""results.jsonl (the source of truth for comparisons), results.csv and the AP-vs-hours plot."""
+"""results.jsonl (the source of truth for comparisons), results.csv and the AP-vs-hours plot.
+
+A metric that could not be computed is NaN in a record (e.g. APl without any large object); it is
+written as ``null`` in results.jsonl (which stays strict JSON) and as an empty cell in results.csv.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 from alseg.engine.state import atomic_write_text
 from alseg.writers.base import MetricsWriter
+
+
+def missing_as_none(value: Any) -> Any:
+    """A record (or value) with every non-finite float (NaN: not computable) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: missing_as_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [missing_as_none(v) for v in value]
+    return value
 
 
 class JsonlWriter(MetricsWriter):
@@ -22,7 +39,8 @@ class JsonlWriter(MetricsWriter):
 
     def write(self, record):
         self.records = [r for r in self.records if r["round"] != record["round"]] + [record]
-        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
+        atomic_write_text(self.path, "".join(json.dumps(missing_as_none(r), sort_keys=True, allow_nan=False) + "\n"
+                                             for r in self.records))
 
 
 class CsvWriter(JsonlWriter):
@@ -34,7 +52,7 @@ class CsvWriter(JsonlWriter):
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols)
         w.writeheader()
-        w.writerows(self.records)
+        w.writerows(missing_as_none(self.records))  # None: an empty cell
         atomic_write_text(self.path, buf.getvalue())
 
 
