@@ -50,5 +50,3 @@ def build(node, what: str, **kwargs):
             raise cause from None
         detail = repr(e.__cause__) if e.__cause__ is not None else str(e).splitlines()[0]
         raise ConfigError(f"{what}: cannot build {node.get('_target_', '?')}: {detail}") from None
-    except ParamError as e:  # raised by a component built without Hydra's wrapping
-        raise e.at(what) from None
