@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from alseg.errors import AlsegError
+from alseg.run_naming import legacy_run_name, run_name
 
 log = logging.getLogger("alseg")
 
@@ -21,13 +25,60 @@ CONFIG_DIR = str(_here / "configs" if (_here / "configs").is_dir() else _here.pa
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
-    name = cfg.get("run_name") or HydraConfig.get().job.override_dirname or "default"
-    name = name.replace("/", "_")
-    if len(name) > 120:  # file systems limit names to 255 bytes; keep it readable and unique
-        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
-    return Path(cfg.paths.runs) / str(cfg.experiment_name) / name
+    """runs/<experiment_name>/<run_name>: ``run_name`` if given (``/`` as ``_``), else the name made
+    from the command-line overrides by ``alseg.run_naming.run_name``. A folder of the same command
+    under the name older alseg versions made is used if it holds a run and the new one does not."""
+    parent = Path(cfg.paths.runs) / str(cfg.experiment_name)
+    if cfg.get("run_name"):
+        return parent / str(cfg.run_name).replace("/", "_")
+    task = list(HydraConfig.get().overrides.task)
+    run_dir = parent / run_name(task, experiment_names_folder=str(cfg.experiment_name) != "default")
+    legacy = parent / legacy_run_name(task)
+    if legacy != run_dir and not (run_dir / "state.json").exists() and (legacy / "state.json").is_file():
+        log.info("using %s, the folder an older alseg made for this command (its name today: %s)", legacy, run_dir)
+        return legacy
+    return run_dir
 
 
+def _hydra_error_line(e: Exception) -> str:
+    """One line for an error Hydra raises before the run starts (composition, override grammar)."""
+    if isinstance(e, OverrideParseException):
+        reason = e.message.splitlines()[0] if e.message else "cannot be parsed"
+        return (f"{e.override}: not a valid override ({reason}); quote a value that holds = , [ ] {{ }} "
+                f"or spaces, e.g. 'key=\"a=b\"' (https://hydra.cc/docs/advanced/override_grammar/basic/)")
+    cause = e.__cause__
+    key = getattr(cause, "full_key", None) if isinstance(cause, OmegaConfBaseException) else None
+    if key and "not in struct" in str(cause):
+        return f"{key}: no such key in the config (a typo?); to add a new key write +{key}=VALUE"
+    text = str(e).split("Config search path:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(cause, OmegaConfBaseException):
+        lines.append(str(cause).splitlines()[0])
+    line = "; ".join(lines).replace(":; ", ": ")
+    return f"{key}: {line}" if key else line
+
+
+def _hydra_errors_in_one_line(hydra_main):
+    """Hydra's own errors (an unknown key, a value its grammar rejects, a missing config option) as
+    one ``alseg: error:`` line and exit 2; HYDRA_FULL_ERROR=1 keeps Hydra's full report."""
+
+    @functools.wraps(hydra_main)
+    def wrapper(*args, **kwargs):
+        if os.environ.get("HYDRA_FULL_ERROR"):
+            return hydra_main(*args, **kwargs)
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its errors instead of printing them
+        try:
+            return hydra_main(*args, **kwargs)
+        except HydraException as e:
+            print(f"alseg: error: {_hydra_error_line(e)}", file=sys.stderr)
+            sys.exit(2)
+        finally:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+    return wrapper
+
+
+@_hydra_errors_in_one_line
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from alseg.engine.loop import ActiveLearningLoop

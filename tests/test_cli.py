@@ -291,3 +291,29 @@ def test_malformed_annotations_are_one_line_errors(tmp_path, existing_run, case,
     res = _alseg(tmp_path, *_coco_overrides(ann, tmp_path / "imgs"), *extra)
     _assert_one_line_error(res, *fragments)
     assert _tree_digest(existing_run) == before
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["strategy=mask_entropy", "strategy.score_threshold=abc"],
+         "alseg: error: strategy.score_threshold: must be a number in [0, 1], got 'abc' (str)"),
+        (["strategy@al.initial_strategy=mask_entropy", "al.initial_strategy.score_threshold=2"],
+         "alseg: error: al.initial_strategy.score_threshold: must be a number in [0, 1], got 2"),
+        (["strategy=apis", "strategy.models=2.5"], "alseg: error: strategy.models: must be an integer >= 1, got 2.5"),
+        (["strategy=iou_guided", "strategy.betta=0.2"], "alseg: error: strategy.betta: no such key in the config"),
+        (["strategy=iou_guided", "+strategy.betta=0.2"],
+         "alseg: error: strategy.betta: not a parameter of alseg.strategies.iou_guided.IoUGuidedImages"),
+        (["strategy=nope"], "alseg: error: In 'config': Could not find 'strategy/nope'; Available options in 'strategy': "),
+        (["al.initial_run=runs/default/seed=1,al.rounds=2"],
+         "alseg: error: al.initial_run=runs/default/seed=1,al.rounds=2: not a valid override"),
+    ],
+)
+def test_bad_strategy_parameter_or_key_fails_before_round_0(tmp_path, existing_run, overrides, fragment):
+    """Checked when the strategies are built, before round 0 trains (it used to fail at round 1's
+    selection with a numpy traceback); Hydra's own errors are one line too. The run is untouched."""
+    before = _tree_digest(existing_run)
+    res = _alseg(tmp_path, *overrides, "run_name=keep")
+    _assert_one_line_error(res, fragment)
+    assert _tree_digest(existing_run) == before
+    assert sorted(p.name for p in existing_run.parent.iterdir()) == ["keep"]

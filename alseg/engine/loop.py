@@ -36,6 +36,7 @@ from alseg.engine.state import (atomic_torch_save, atomic_write_json, atomic_wri
 from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
 from alseg.errors import ConfigError
 from alseg.instantiate import build
+from alseg.run_naming import RESUMABLE_CHANGES  # keys that may change on resume (and stay out of run names)
 from alseg.strategies.base import SelectionContext, Strategy
 from alseg.writers.base import WriterGroup
 
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 1 kept the whole ledger inside state.json; such runs are converted on resume
 PHASES = ("start", "selected", "trained", "evaluated")
-# Config keys that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.schedule.num_workers", "paths")
 
 
 def resolve_device(name: str) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou, generalized_box_iou_loss
 
+from alseg import config_check as check
 from alseg.annotation.budget import Budget
 from alseg.annotation.queries import Query, instance_query
 from alseg.data.torch_dataset import read_image, to_tensor
@@ -49,10 +50,9 @@ class AfisMasks(Strategy):
     def __init__(self, name: str | None = None, level: str = "instance", metric: str = "mean_entropy",
                  max_cells: int = 32):
         super().__init__(name)
-        if level not in ("image", "instance") or metric not in ("mean_entropy", "detection_loss"):
-            raise ConfigError(f"strategy: level in (image, instance), metric in (mean_entropy, detection_loss); "
-                              f"got {level!r}, {metric!r}")
-        self.level, self.metric, self.max_cells = level, metric, max_cells
+        self.level = check.choice("level", level, ("image", "instance"))
+        self.metric = check.choice("metric", metric, ("mean_entropy", "detection_loss"))
+        self.max_cells = check.integer("max_cells", max_cells, 1)
 
     def _instance_scores(self, model, device, rec, insts) -> list[float]:
         boxes = torch.tensor([(x, y, x + w, y + h) for x, y, w, h in (i.bbox for i in insts)], dtype=torch.float32)

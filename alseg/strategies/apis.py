@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from alseg import config_check as check
 from alseg.annotation.budget import Budget
 from alseg.annotation.queries import Query, point_query
 from alseg.data.coco import decode_segmentation
@@ -54,21 +55,17 @@ class ApisPoints(Strategy):
                  match_iou: float | None = None, scales: list[int] | None = None, flip: bool = False,
                  models: int = 1):
         super().__init__(name)
-        if models < 1:
-            raise ConfigError(f"strategy.models must be >= 1, got {models}")
         # The multiple-models set M (Sec. 3.2 (b)): with models > 1 the loop trains models - 1 more
         # networks from other initialisations; every network's anchors join the prediction set.
-        self.ensemble_size = int(models)
-        if scales is not None and (not scales or any(int(v) < 16 for v in scales)):
-            raise ConfigError(f"strategy.scales must be null or a list of image sizes >= 16, got {scales}")
+        self.ensemble_size = check.integer("models", models, 1)
         # The multiple-scales set S (Sec. 3.2 (c)): the model run at several input sizes (and
         # flipped), every run's anchors concatenated into one prediction set.
-        self.scales, self.flip = ([int(v) for v in scales] if scales else None), flip
-        if metric not in POINT_METRICS:
-            raise ConfigError(f"strategy.metric must be one of {POINT_METRICS}, got {metric!r}")
-        if max_cells < 1:
-            raise ConfigError(f"strategy.max_cells must be >= 1, got {max_cells}")
-        self.metric, self.max_cells, self.match_iou = metric, max_cells, match_iou
+        self.scales = check.integer_list("scales", scales, 16, none=True)
+        self.flip = check.boolean("flip", flip)
+        self.metric = check.choice("metric", metric, POINT_METRICS)
+        self.max_cells = check.integer("max_cells", max_cells, 1)
+        # null: the RoI heads' foreground threshold; a proposal matches an instance at IoU >= match_iou.
+        self.match_iou = check.number("match_iou", match_iou, 0, 1, low_open=True, none=True)
         self.needs = frozenset() if metric == "random" else frozenset({"model"})
 
     def _grid(self, box) -> tuple[int, int]:

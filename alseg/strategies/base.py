@@ -16,6 +16,7 @@ from alseg.annotation.budget import Budget
 from alseg.annotation.ledger import Ledger
 from alseg.annotation.oracle import Oracle
 from alseg.annotation.queries import Query
+from alseg import config_check as check
 from alseg.data.coco import CocoDataset
 
 
@@ -50,8 +51,8 @@ class Strategy:
     needs: frozenset[str] = frozenset()
 
     def __init__(self, name: str | None = None):
-        if name:
-            self.name = name
+        if name is not None:
+            self.name = check.text("name", name)
 
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         """Queries in order of preference (at least enough to fill the budget when possible)."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from alseg.annotation.budget import Budget
 from alseg.annotation.queries import Query, image_query
+from alseg import config_check as check
 from alseg.errors import ConfigError
 from alseg.models.mask_iou_head import true_image_scores
 from alseg.strategies.base import SelectionContext, Strategy
@@ -33,9 +34,9 @@ class IoUGuidedImages(Strategy):
 
     def __init__(self, name: str | None = None, beta: float = 0.4, oracle: bool = False, score_threshold: float = 0.5):
         super().__init__(name)
-        if not 0.0 <= beta <= 1.0:
-            raise ConfigError(f"strategy.beta must be in [0, 1], got {beta}")
-        self.beta, self.oracle, self.score_threshold = beta, oracle, score_threshold
+        self.beta = check.number("beta", beta, 0, 1)
+        self.oracle = check.boolean("oracle", oracle)
+        self.score_threshold = check.number("score_threshold", score_threshold, 0, 1)
         self.needs = frozenset({"model"} if oracle else {"pool_predictions"})
 
     def image_scores(self, ctx: SelectionContext) -> dict[int, float]:

@@ -20,6 +20,7 @@ import torch
 from alseg.annotation.budget import Budget
 from alseg.annotation.queries import Query, image_query
 from alseg.engine.evaluate import predict
+from alseg import config_check as check
 from alseg.errors import ConfigError
 from alseg.strategies.base import SelectionContext, Strategy
 
@@ -42,9 +43,8 @@ class MaskEntropyImages(Strategy):
 
     def __init__(self, name: str | None = None, model: str = "previous", score_threshold: float = 0.3):
         super().__init__(name)
-        if model not in ("previous", "reference"):
-            raise ConfigError(f"strategy.model must be previous or reference, got {model!r}")
-        self.model_source, self.score_threshold = model, score_threshold
+        self.model_source = check.choice("model", model, ("previous", "reference"))
+        self.score_threshold = check.number("score_threshold", score_threshold, 0, 1)
         self.needs = frozenset({"reference_model"}) if model == "reference" else frozenset({"model"})
 
     def image_scores(self, ctx: SelectionContext, model) -> dict[int, float]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from alseg import config_check as check
 from alseg.annotation.budget import Budget
 from alseg.annotation.queries import Query, image_query
 from alseg.engine.pool_inference import PoolPredictions
@@ -74,9 +75,8 @@ class UncertaintyImages(Strategy):
 
     def __init__(self, name: str | None = None, metric: str = "se", aggregation: str = "weighted_sum"):
         super().__init__(name)
-        if metric not in METRICS or aggregation not in AGGREGATIONS:
-            raise ConfigError(f"strategy: metric in {METRICS} and aggregation in {AGGREGATIONS}, got {metric!r}, {aggregation!r}")
-        self.metric, self.aggregation = metric, aggregation
+        self.metric = check.choice("metric", metric, METRICS)
+        self.aggregation = check.choice("aggregation", aggregation, AGGREGATIONS)
 
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         pp = ctx.get("pool_predictions")
@@ -109,13 +109,11 @@ class Taudis(Strategy):
     def __init__(self, name: str | None = None, metric: str = "se", alpha: float = core.DEFAULT_ALPHA,
                  beta: float = core.DEFAULT_BETA, sigma: float = core.DEFAULT_SIGMA):
         super().__init__(name)
-        if metric not in METRICS:
-            raise ConfigError(f"strategy.metric must be one of {METRICS}, got {metric!r}")
-        if not 0 < beta <= alpha:
-            raise ConfigError(f"strategy: TAUDIS needs alpha >= beta > 0, got alpha={alpha}, beta={beta}")
-        if not -1.0 <= sigma <= 1.0:
-            raise ConfigError(f"strategy.sigma is a cosine similarity in [-1, 1], got {sigma}")
-        self.metric, self.alpha, self.beta, self.sigma = metric, alpha, beta, sigma
+        self.metric = check.choice("metric", metric, METRICS)
+        self.alpha = check.number("alpha", alpha, 0, low_open=True)
+        # Step 2 picks beta*B of step 1's alpha*B instances.
+        self.beta = check.number("beta", beta, 0, self.alpha, low_open=True)
+        self.sigma = check.number("sigma", sigma, -1, 1)  # a cosine similarity
 
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         pp = ctx.get("pool_predictions")
@@ -134,7 +132,9 @@ class TaudisImg(Strategy):
 
     def __init__(self, name: str | None = None, alpha: float = core.DEFAULT_IMG_ALPHA, sigma: float = core.DEFAULT_SIGMA):
         super().__init__(name)
-        self.alpha, self.sigma = alpha, sigma
+        # D_C holds ceil(alpha * B) images and D_A takes B of them: alpha >= 1.
+        self.alpha = check.number("alpha", alpha, 1)
+        self.sigma = check.number("sigma", sigma, -1, 1)
 
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         pp = ctx.get("pool_predictions")

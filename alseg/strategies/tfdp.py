@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from alseg import config_check as check
 from alseg.annotation.budget import Budget
 from alseg.annotation.queries import Query, image_query
 from alseg.strategies.base import SelectionContext, Strategy
-from alseg.tfdp.scoring import DEFAULT_VARIANT, rank_images, score_dataset
+from alseg.tfdp.scoring import CONTOURS, DEFAULT_VARIANT, VARIANTS, rank_images, score_dataset
 
 
 class ShapeComplexityImages(Strategy):
@@ -22,7 +23,9 @@ class ShapeComplexityImages(Strategy):
     def __init__(self, name: str | None = None, variant: str = DEFAULT_VARIANT, contour: str = "largest",
                  workers: int | None = 1):
         super().__init__(name)
-        self.variant, self.contour, self.workers = variant, contour, workers
+        self.variant = check.choice("variant", variant, VARIANTS)
+        self.contour = check.choice("contour", contour, CONTOURS)
+        self.workers = check.integer("workers", workers, 1, none=True)  # null: every CPU
 
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         # Class balance (CB) is taken over the whole pool, labeled or not, as the paper scores the dataset.
