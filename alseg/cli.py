@@ -28,6 +28,12 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / str(cfg.experiment_name) / name
 
 
+def _fail(message: str) -> None:
+    """The one-line error of a user-input problem on stderr, exit code 2."""
+    print("alseg: error: " + " ".join(message.split()), file=sys.stderr)
+    sys.exit(2)
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from alseg.engine.loop import ActiveLearningLoop
@@ -36,8 +42,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         records = ActiveLearningLoop(cfg, run_dir).run()
     except AlsegError as e:
-        print(f"alseg: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
+    except OSError as e:  # a file or folder the OS refused (permissions, disk full, ...): name it
+        if e.filename is None:
+            raise
+        _fail(f"{e.filename}: {e.strerror or e}; check that it exists, is readable and writable, "
+              f"and that the disk has free space")
     except KeyboardInterrupt:
         print(f"alseg: interrupted; run the same command again to resume {run_dir}", file=sys.stderr)
         sys.exit(130)
