@@ -46,8 +46,9 @@ def main(cfg: DictConfig) -> float | None:
     except OSError as e:  # a file or folder the OS refused (permissions, disk full, ...): name it
         if e.filename is None:
             raise
-        _fail(f"{e.filename}: {e.strerror or e}; check that it exists, is readable and writable, "
-              f"and that the disk has free space")
+        from alseg.files import os_error_reason
+
+        _fail(f"{e.filename}: {os_error_reason(e)}; check the path, its permissions and the free disk space")
     except KeyboardInterrupt:
         print(f"alseg: interrupted; run the same command again to resume {run_dir}", file=sys.stderr)
         sys.exit(130)

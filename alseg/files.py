@@ -11,6 +11,7 @@ the file is for, adds what to do (``DamagedFileError.advise``). Every message is
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -50,11 +51,20 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def os_error_reason(e: OSError) -> str:
+    """What an OSError says, in words (mkdir -p through a file says "File exists")."""
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):
+        return "a file is where a folder should be"
+    return e.strerror or one_line(e)
+
+
 def write_error(path: Path, e: OSError) -> WriteError:
     # mkstemp's own name (state.json.abc123.tmp) means nothing to the user: name the target, or the
     # folder that failed when that is what the error names.
     where = Path(e.filename) if e.filename and not str(e.filename).endswith(".tmp") else path
-    return WriteError(f"{where}: cannot write ({e.strerror or one_line(e)}); "
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):
+        return WriteError(f"{where}: cannot write ({os_error_reason(e)}); move it away or choose another path")
+    return WriteError(f"{where}: cannot write ({os_error_reason(e)}); "
                       f"check that the folder is writable and the disk has free space")
 
 

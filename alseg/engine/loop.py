@@ -55,8 +55,10 @@ from alseg.writers.base import WriterGroup
 
 log = logging.getLogger(__name__)
 
-# Config keys that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.schedule.num_workers", "paths")
+# Config keys that may change between a run and its resumption. The synthetic data's cache may move
+# (paths.cache_dir): the data fingerprint refuses other data.
+RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.schedule.num_workers", "paths",
+                     "dataset.cache_dir")
 
 
 def resolve_device(name: str) -> str:
@@ -364,22 +366,22 @@ class ActiveLearningLoop:
         make_dirs(self.run_dir)
         if initial is not None:
             copy_initial_round(initial, self.round_dir(0))
-            log.info("round 0 taken from %s", initial.source)
+        # Differs from the stored one at most in keys that may change on resume (al.rounds, device, ...).
+        atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        if write_labels:  # a version-1 state: its ledger goes to the per-round files
+            for k in range(state["round"] + (state["phase"] != "start")):
+                ledger.save_round(k, self.labels_path(k))
+            state.pop("ledger", None)
+        state["version"] = STATE_VERSION
+        self._commit(state)
         log_file = self._log_handler()
         try:
             log.info("run folder: %s", self.run_dir)
+            if initial is not None:
+                log.info("round 0 taken from %s", initial.source)
             if data_keys["data/skipped_annotations"]:
                 log.warning("invalid annotations skipped (dataset.invalid_annotations=skip): %d; train %s, val %s",
                             data_keys["data/skipped_annotations"], data.train.skipped, data.val.skipped)
-            # Differs from the stored one at most in keys that may change on resume (al.rounds, device, ...).
-            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
-            if write_labels:  # a version-1 state: its ledger goes to the per-round files
-                done = state["round"] + (state["phase"] != "start")
-                for k in range(done):
-                    ledger.save_round(k, self.labels_path(k))
-                state.pop("ledger", None)
-            state["version"] = STATE_VERSION
-            self._commit(state)
             oracle = Oracle(data.train, self.costs)
             writers.open(self.run_dir, config, state["records"])
             while state["round"] <= self.rounds:
