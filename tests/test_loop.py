@@ -8,7 +8,7 @@ import pytest
 from alseg.engine import trainer as trainer_mod
 from alseg.engine.loop import ActiveLearningLoop
 from alseg.engine.state import STATE_VERSION
-from alseg.errors import ConfigError
+from alseg.errors import ConfigError, DataError
 
 
 def _selections(run_dir):
@@ -182,7 +182,7 @@ def test_a_missing_label_file_stops_the_resumption(cfg_factory, tmp_path):
     run = tmp_path / "run"
     ActiveLearningLoop(cfg_factory("al.rounds=1"), run).run()
     (run / "round_001" / "labels.jsonl").unlink()
-    with pytest.raises(ConfigError, match="round_001/labels.jsonl: missing"):
+    with pytest.raises(DataError, match="round_001/labels.jsonl: missing; remove .*round_001 and every later round"):
         ActiveLearningLoop(cfg_factory("al.rounds=2"), run).run()
 
 

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from alseg.annotation.ledger import Ledger
 from alseg.engine import trainer as trainer_mod
 from alseg.engine.loop import ActiveLearningLoop
 from alseg.strategies.iou_guided import IoUGuidedImages
@@ -56,8 +57,9 @@ def test_a_run_killed_after_every_phase_and_mid_training_ends_as_an_uninterrupte
     run = tmp / "killed"
     real_commit = ActiveLearningLoop._commit
     real_step = trainer_mod.Trainer.run_step
+    real_save_round = Ledger.save_round
     phases = []
-    kill = {"commits": 0, "step": None}
+    kill = {"commits": 0, "step": None, "select": False}
 
     def commit_then_die(self, state):
         real_commit(self, state)
@@ -72,22 +74,31 @@ def test_a_run_killed_after_every_phase_and_mid_training_ends_as_an_uninterrupte
             raise _Killed()
         real_step(self, images, targets)
 
+    def save_round_then_die(self, k, path):  # the labels are written, the selection is not
+        real_save_round(self, k, path)
+        if kill["select"]:
+            kill["select"] = False
+            raise _Killed()
+
     monkeypatch.setattr(ActiveLearningLoop, "_commit", commit_then_die)
     monkeypatch.setattr(trainer_mod.Trainer, "run_step", step_then_die)
-    for attempt in range(20):
+    monkeypatch.setattr(Ledger, "save_round", save_round_then_die)
+    for attempt in range(30):
         kill["commits"] = 0
-        state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
-        if state.get("phase") == "selected" and state["round"] not in [r for r, why in phases if why == "mid-train"]:
-            kill["step"] = 3  # killed in the middle of this round's training, once
-            phases.append((state["round"], "mid-train"))
+        state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {"round": 0, "phase": "start"}
+        for phase, how in (("start", "mid-select"), ("selected", "mid-train")):
+            if state["phase"] == phase and state["round"] <= 1 and (state["round"], how) not in phases:
+                kill["select" if how == "mid-select" else "step"] = True if how == "mid-select" else 3
+                phases.append((state["round"], how))
         try:
             records = ActiveLearningLoop(make_cfg(tmp, *OVERRIDES), run).run()
             break
         except _Killed:
             continue
-    # Killed once after each phase of both rounds, and once mid-training in each; then it finished.
-    assert phases == [(0, "selected"), (0, "mid-train"), (0, "trained"), (0, "evaluated"), (1, "start"),
-                      (1, "selected"), (1, "mid-train"), (1, "trained"), (1, "evaluated"), (2, "start")]
+    # Killed once in each phase and after it, in both rounds; then it finished.
+    assert phases == [(0, "mid-select"), (0, "selected"), (0, "mid-train"), (0, "trained"), (0, "evaluated"),
+                      (1, "start"), (1, "mid-select"), (1, "selected"), (1, "mid-train"), (1, "trained"),
+                      (1, "evaluated"), (2, "start")]
     assert records == full_records
     assert _files(run) == _files(full)
 
