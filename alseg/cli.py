@@ -78,6 +78,12 @@ def _hydra_errors_in_one_line(hydra_main):
     return wrapper
 
 
+def _fail(message: str) -> None:
+    """The one-line error of a user-input problem on stderr, exit code 2."""
+    print("alseg: error: " + " ".join(message.split()), file=sys.stderr)
+    sys.exit(2)
+
+
 @_hydra_errors_in_one_line
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
@@ -87,8 +93,13 @@ def main(cfg: DictConfig) -> float | None:
     try:
         records = ActiveLearningLoop(cfg, run_dir).run()
     except AlsegError as e:
-        print(f"alseg: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
+    except OSError as e:  # a file or folder the OS refused (permissions, disk full, ...): name it
+        if e.filename is None:
+            raise
+        from alseg.files import os_error_reason
+
+        _fail(f"{e.filename}: {os_error_reason(e)}; check the path, its permissions and the free disk space")
     except KeyboardInterrupt:
         print(f"alseg: interrupted; run the same command again to resume {run_dir}", file=sys.stderr)
         sys.exit(130)

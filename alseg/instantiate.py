@@ -48,5 +48,10 @@ def build(node, what: str, **kwargs):
             raise cause.at(what) from None
         if isinstance(cause, AlsegError):
             raise cause from None
+        if isinstance(e.__cause__, OSError) and e.__cause__.filename:  # a file or folder the OS refused: name it
+            from alseg.files import os_error_reason
+
+            raise ConfigError(f"{e.__cause__.filename}: {os_error_reason(e.__cause__)} (building {what}); "
+                              f"check the path, its permissions and the free disk space") from None
         detail = repr(e.__cause__) if e.__cause__ is not None else str(e).splitlines()[0]
         raise ConfigError(f"{what}: cannot build {node.get('_target_', '?')}: {detail}") from None

@@ -33,7 +33,9 @@ from hydra.core.override_parser.types import Override
 
 # Config keys (and key prefixes) that may change between a run and its resumption. Kept out of
 # run folder names; the loop refuses any other change of config in an existing run folder.
-RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.schedule.num_workers", "paths")
+# The synthetic data's cache may move (dataset.cache_dir): the run state's data fingerprint refuses other data.
+RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.schedule.num_workers", "paths",
+                     "dataset.cache_dir")
 # Keys that name the folder above the run's: runs/<experiment_name>/<run name>.
 PARENT_KEYS = ("experiment_name", "experiment")
 

@@ -317,3 +317,55 @@ def test_bad_strategy_parameter_or_key_fails_before_round_0(tmp_path, existing_r
     _assert_one_line_error(res, fragment)
     assert _tree_digest(existing_run) == before
     assert sorted(p.name for p in existing_run.parent.iterdir()) == ["keep"]
+
+
+# ------------------------------------------------------------------ damaged run folders, failed writes
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-round run made in-process, where `_alseg(..., "run_name=keep")` finds it."""
+    from conftest import make_cfg
+
+    from alseg.engine.loop import ActiveLearningLoop
+
+    tmp = tmp_path_factory.mktemp("cli_run")
+    ActiveLearningLoop(make_cfg(tmp, "run_name=keep", "al.rounds=1"), tmp / "runs" / "default" / "keep").run()
+    return tmp
+
+
+def _cut(path, keep=0.5):
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+
+def _rewrite_annotations(tmp):
+    ann = next((tmp / "cache").glob("synthetic-*")) / "train.json"
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["bbox"][1] += 1
+    ann.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("case, damage, fragments", [
+    ("state.json garbage", lambda t, r: (r / "state.json").write_text("{{{"), ["state.json: not valid JSON", "move the run folder away"]),
+    ("labels.jsonl truncated", lambda t, r: _cut(r / "round_001" / "labels.jsonl", 0.6),
+     ["round_001/labels.jsonl: line", "cut short", "to redo the run from round 1"]),
+    ("model.pt truncated", lambda t, r: _cut(r / "round_001" / "model.pt"), ["round_001/model.pt: not a readable checkpoint"]),
+    ("annotation file rewritten", lambda t, r: _rewrite_annotations(t), ["train.json: the train annotations differ"]),
+])
+def test_damaged_run_folder_is_one_line_and_left_as_it_was(finished_run, tmp_path, case, damage, fragments):
+    import shutil
+
+    shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
+    run = tmp_path / "runs" / "default" / "keep"
+    damage(tmp_path, run)
+    before = _tree_digest(run)
+    res = _alseg(tmp_path, "run_name=keep", "al.rounds=2")
+    _assert_one_line_error(res, *fragments)
+    assert _tree_digest(run) == before
+
+
+def test_unwritable_runs_and_cache_folders_are_one_line(tmp_path):
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    res = _alseg(tmp_path, f"paths.runs={tmp_path / 'blocker'}", "al.rounds=0")
+    _assert_one_line_error(res, "blocker", "cannot write (a file is where a folder should be)")
+    res = _alseg(tmp_path, f"paths.cache_dir={tmp_path / 'blocker' / 'cache'}", "al.rounds=0")
+    _assert_one_line_error(res, "blocker", "a file is where a folder should be")
+    assert not (tmp_path / "runs").exists()

@@ -7,7 +7,8 @@ import pytest
 
 from alseg.engine import trainer as trainer_mod
 from alseg.engine.loop import ActiveLearningLoop
-from alseg.errors import ConfigError
+from alseg.engine.state import STATE_VERSION
+from alseg.errors import ConfigError, DataError
 
 
 def _selections(run_dir):
@@ -162,8 +163,10 @@ def test_a_version_1_run_folder_is_converted_and_resumed(cfg_factory, tmp_path):
     records = ActiveLearningLoop(cfg_factory("al.rounds=1"), run).run()
     files = {k: (run / f"round_{k:03d}" / "labels.jsonl").read_text() for k in (0, 1)}
     state = json.loads((run / "state.json").read_text())
+    first_fingerprint = state["fingerprint"]
     ledger = [{**json.loads(l), "round": k} for k, text in files.items() for l in text.splitlines()]
-    (run / "state.json").write_text(json.dumps({**state, "version": 1, "ledger": ledger}))
+    old = {k: v for k, v in state.items() if k not in ("phase_results", "fingerprint")}  # what version 1 had
+    (run / "state.json").write_text(json.dumps({**old, "version": 1, "ledger": ledger}))
     for k in files:
         (run / f"round_{k:03d}" / "labels.jsonl").unlink()
 
@@ -171,14 +174,15 @@ def test_a_version_1_run_folder_is_converted_and_resumed(cfg_factory, tmp_path):
     assert {k: (run / f"round_{k:03d}" / "labels.jsonl").read_text() for k in (0, 1)} == files
     assert [r["labeled_images"] for r in more] == [4, 8, 12] and more[:2] == records
     state = json.loads((run / "state.json").read_text())
-    assert state["version"] == 2 and "ledger" not in state
+    assert state["version"] == STATE_VERSION and "ledger" not in state
+    assert state["fingerprint"] == first_fingerprint  # added on resume, from the same data
 
 
 def test_a_missing_label_file_stops_the_resumption(cfg_factory, tmp_path):
     run = tmp_path / "run"
     ActiveLearningLoop(cfg_factory("al.rounds=1"), run).run()
     (run / "round_001" / "labels.jsonl").unlink()
-    with pytest.raises(ConfigError, match="round_001/labels.jsonl: missing"):
+    with pytest.raises(DataError, match="round_001/labels.jsonl: missing; remove .*round_001 and every later round"):
         ActiveLearningLoop(cfg_factory("al.rounds=2"), run).run()
 
 

@@ -13,10 +13,35 @@ import os
 from collections import defaultdict
 from dataclasses import asdict
 
-from alseg.engine.state import atomic_write_text
-
 from alseg.annotation.oracle import Label
 from alseg.data.torch_dataset import ImageView
+from alseg.files import DamagedFileError, atomic_write_text, iter_jsonl
+
+KINDS = ("image", "mask", "box", "point")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def label_problem(e: dict) -> str | None:
+    """Why a label record read back from a file is not one ``Ledger.add`` writes, or None."""
+    kind = e.get("kind")
+    if kind not in KINDS:
+        return f"'kind' must be one of {KINDS}, got {kind!r}"
+    if not _is_int(e.get("image_id")):
+        return "'image_id' must be an integer"
+    if kind != "image" and not _is_int(e.get("ann_id")):
+        return f"a {kind} label needs an integer 'ann_id'"
+    if kind == "point" and not (_is_number(e.get("x")) and _is_number(e.get("y")) and e.get("value") in (0, 1)):
+        return "a point label needs numbers 'x', 'y' and a 'value' of 0 or 1"
+    if not _is_number(e.get("seconds", 0.0)):
+        return "'seconds' must be a number"
+    return None
 
 
 class Ledger:
@@ -40,9 +65,17 @@ class Ledger:
         atomic_write_text(path, "".join(line + "\n" for line in lines))
 
     def load_round(self, round_index: int, path: str | os.PathLike) -> None:
-        """Add the labels of ``round_index`` read from a file written by ``save_round``."""
-        with open(path) as f:
-            self.entries.extend({**json.loads(line), "round": round_index} for line in f if line.strip())
+        """Add the labels of ``round_index`` read from a file written by ``save_round``. Nothing is
+        added when the file is missing, truncated or holds a line that is not such a label:
+        ``alseg.files.DamagedFileError`` naming the file and line."""
+        entries = []
+        for n, e in iter_jsonl(path):
+            problem = label_problem(e)
+            if problem:
+                raise DamagedFileError(path, f"line {n}: {problem}")
+            e["round"] = round_index
+            entries.append(e)
+        self.entries.extend(entries)
 
     def seconds(self, up_to_round: int | None = None) -> float:
         return float(sum(e.get("seconds", 0.0) for e in self.entries if up_to_round is None or e["round"] <= up_to_round))

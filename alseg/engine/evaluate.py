@@ -9,36 +9,17 @@ import logging
 import math
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from alseg.data.coco import CocoDataset
-from alseg.data.torch_dataset import ImageSet, collate
+from alseg.masks import mask_overlaps
+from alseg.predictions import predict  # noqa: F401  (re-exported: alseg.engine.evaluate.predict)
 
 log = logging.getLogger(__name__)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-@torch.no_grad()
-def predict(model, data: CocoDataset, image_ids=None, device="cpu", batch_size: int = 4, mask_threshold: float = 0.5,
-            desc: str = "predict", progress: bool = True):
-    """Run the model; yields (image_id, boxes xyxy, scores, labels, masks (n, H, W)): bool masks, or
-    the mask probabilities when ``mask_threshold`` is None."""
-    model.eval()
-    loader = DataLoader(ImageSet(data, image_ids), batch_size=batch_size, collate_fn=collate, num_workers=0)
-    for images, ids in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        outputs = model([im.to(device) for im in images])
-        for image_id, out in zip(ids, outputs):
-            masks = None
-            if "masks" in out:
-                probs = out["masks"][:, 0]
-                masks = (probs.float() if mask_threshold is None else probs >= mask_threshold).cpu().numpy()
-            yield (image_id, out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(), masks)
 
 
 def to_coco_results(data: CocoDataset, image_id, boxes, scores, labels, masks) -> tuple[list, list]:
@@ -85,18 +66,6 @@ def _coco_eval(gt, results: list, iou_type: str, class_names: list[str]) -> dict
         if p.size:
             out[f"{prefix}AP/{class_names[k]}"] = float(p.mean())
     return out
-
-
-def mask_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """IoU and Dice matrices (len(a), len(b)) of two stacks of binary masks of one image."""
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
-    inter = fa @ fb.T
-    sums = fa.sum(1)[:, None] + fb.sum(1)[None, :]
-    union = sums - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-    dice = np.where(sums > 0, 2 * inter / np.maximum(sums, 1e-9), 0.0)
-    return iou, dice
 
 
 def dice_and_greedy_iou(gt_masks: np.ndarray, pred_masks: np.ndarray) -> tuple[list[float], list[float]]:

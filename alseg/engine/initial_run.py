@@ -3,59 +3,104 @@
 Strategies compared in one table should start from the same initial model, as the papers' do
 (APIS Sec. 4.1 fine-tunes every strategy from one M0): ``al.initial_run=runs/<experiment>/<run>``
 takes round 0 from that folder instead of labelling and training it again. The two configs must
-agree on everything round 0 depends on.
+agree on everything round 0 depends on. Every file taken from the source is read and checked
+before anything is written.
 """
 
 from __future__ import annotations
 
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from alseg.annotation.ledger import Ledger
+from alseg.annotation.ledger import Ledger, label_problem
+from alseg.engine.state import (SelectResult, TrainResult, differing_keys, flatten, read_json, read_state,
+                                under)
 from alseg.errors import ConfigError
-from alseg.engine.state import differing_keys, flatten, read_json, under
+from alseg.files import DamagedFileError, atomic_write_bytes, check_zip, read_bytes
 
 # What round 0's labels and model depend on (config key prefixes).
 ROUND0_KEYS = ("seed", "dataset", "model", "cost", "al.initial", "al.initial_unit", "al.initial_strategy",
                "trainer.schedule", "trainer.transforms")
 IGNORED = ("trainer.schedule.num_workers",)
 COPIED = ("model.pt", "selection.json", "metrics.json")
+_ADVICE = "the source run's round 0 is damaged: redo it there, or choose another al.initial_run"
+
+
+@dataclass
+class InitialRound:
+    """Round 0 of a source run, read and checked: its folder, state, labels (ledger entries of
+    round 0), the selection's result and the training's (None when the source does not have it)."""
+
+    source: Path
+    state: dict
+    entries: list[dict]
+    select: SelectResult
+    train: TrainResult | None
+
+    @property
+    def model_path(self) -> Path:
+        return self.source / "round_000" / "model.pt"
 
 
 def _round0_part(config: dict) -> dict:
     return {k: v for k, v in flatten(config).items() if under(k, ROUND0_KEYS) and k not in IGNORED}
 
 
-def check_initial_run(source: str | Path, config: dict) -> dict:
-    """The source run's state, after checking it has a trained round 0 made with the same round-0
-    config as ``config``; ConfigError otherwise. Reads only."""
+def _damaged(e: DamagedFileError) -> ConfigError:
+    return ConfigError(f"al.initial_run: {e.path}: {e.problem}; {_ADVICE}")
+
+
+def check_initial_run(source: str | Path, config: dict) -> InitialRound:
+    """The source run's round 0, after checking it is trained, made with the same round-0 config
+    as ``config``, and that each of its files reads back whole. ConfigError otherwise (one line
+    naming the file). Reads only."""
     src = Path(source)
     try:
-        state = read_json(src / "state.json")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"al.initial_run: {src / 'state.json'}: not a readable run state ({e})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise ConfigError(f"al.initial_run: {src / 'state.json'}: not an alseg run state")
-    if state.get("round", 0) < 1 and state.get("phase") not in ("trained", "evaluated"):
+        state = read_state(src / "state.json")
+    except DamagedFileError as e:
+        raise ConfigError(f"al.initial_run: {e.path}: not a readable run state ({e.problem})") from None
+    if state["round"] < 1 and state["phase"] not in ("trained", "evaluated"):
         raise ConfigError(f"al.initial_run: {src}: round 0 is not trained yet")
-    if not (src / "round_000" / "model.pt").is_file():
-        raise ConfigError(f"al.initial_run: {src / 'round_000' / 'model.pt'}: missing")
     diffs = differing_keys(_round0_part(config), _round0_part(state["config"]))
     if diffs:
         raise ConfigError(f"al.initial_run: {src} made its round 0 with another config "
                           f"(differs at: {', '.join(diffs[:5])})")
-    return state
+    r0 = src / "round_000"
+    try:
+        check_zip(r0 / "model.pt")
+        if (r0 / "labels.jsonl").is_file() or state["version"] >= 2:
+            ledger = Ledger()
+            ledger.load_round(0, r0 / "labels.jsonl")
+            entries = ledger.entries
+        else:  # a version-1 source keeps its labels in state.json
+            entries = [e for e in state.get("ledger", []) if isinstance(e, dict) and e.get("round") == 0]
+            bad = next((p for p in map(label_problem, entries) if p), None)
+            if bad:
+                raise DamagedFileError(src / "state.json", f"a round-0 label: {bad}")
+        select = SelectResult.from_selection_file(r0 / "selection.json")
+        if (r0 / "metrics.json").exists():
+            read_json(r0 / "metrics.json", dict)
+    except DamagedFileError as e:
+        raise _damaged(e) from None
+    record = next((r for r in state["records"] if r["round"] == 0), None)
+    if record is not None:
+        train = TrainResult.from_record(record)
+    else:  # round 0 trained, not yet evaluated: its train result is still in the state
+        result = (state.get("phase_results") or {}).get("train") if state["round"] == 0 else None
+        train = TrainResult(**result) if isinstance(result, dict) else None
+    return InitialRound(src, state, entries, select, train)
 
 
-def copy_initial_round(source: str | Path, source_state: dict, round_dir: Path) -> None:
-    """Copy round 0's model, selection, metrics and labels into ``round_dir`` (a version-1 source
-    keeps its labels in state.json)."""
-    src = Path(source) / "round_000"
-    round_dir.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
+def copy_initial_round(initial: InitialRound, round_dir: Path) -> None:
+    """Copy round 0's model, selection, metrics and labels into ``round_dir`` (atomically, file by
+    file; a version-1 source's labels are written from its state)."""
+    src = initial.source / "round_000"
+    for name in (*COPIED, "labels.jsonl"):
         if (src / name).is_file():
-            shutil.copy2(src / name, round_dir / name)
-    if (src / "labels.jsonl").is_file():
-        shutil.copy2(src / "labels.jsonl", round_dir / "labels.jsonl")
-    else:
-        Ledger(source_state.get("ledger", [])).save_round(0, round_dir / "labels.jsonl")
+            try:
+                data = read_bytes(src / name)
+            except DamagedFileError as e:
+                raise _damaged(e) from None
+            atomic_write_bytes(round_dir / name, data)
+    if not (src / "labels.jsonl").is_file():
+        Ledger(initial.entries).save_round(0, round_dir / "labels.jsonl")

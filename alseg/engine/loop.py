@@ -2,17 +2,26 @@
 
 Round 0 labels the initial set (chosen by ``al.initial_strategy``, random by default); every later
 round scores the unlabeled pool with the strategy, asks the oracle, and retrains. Each round goes
-through three phases (selected -> trained -> evaluated); ``state.json`` (round, phase, records) is
-rewritten atomically after each one, so a run killed at any moment continues where it stopped and,
-with the same seed, makes exactly the selections an uninterrupted run makes. The labels a round
-revealed are written once, with its selection, to ``round_XXX/labels.jsonl``; the ledger of a
-resumed run is read back from those files.
+through three phases (selected -> trained -> evaluated), each returning its result
+(``SelectResult``, ``TrainResult``, the round record); ``state.json`` (round, phase, the current
+round's phase results, records) is rewritten atomically after each one, so a run killed at any
+moment continues where it stopped and, with the same seed, makes exactly the selections and the
+records an uninterrupted run makes. The labels a round revealed are written once, with its
+selection, to ``round_XXX/labels.jsonl``; the ledger of a resumed run is read back from those files.
+
+On resume everything the run folder holds that the loop will read (state, labels, the next
+checkpoint, reference and ensemble checkpoints) is read and checked before anything is written; a
+damaged file stops the run with one line naming it and what to do. Removing round folders (the
+last ones) makes the run redo those rounds. The state also holds a fingerprint of the data
+(``alseg.data.fingerprint``): a run does not resume on changed annotations or images.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +32,29 @@ from alseg.annotation.budget import Budget
 from alseg.annotation.cost import CostTable
 from alseg.annotation.ledger import Ledger
 from alseg.annotation.oracle import Oracle
+from alseg.annotation.ledger import label_problem
 from alseg.data.build import DataSplits
+from alseg.data.fingerprint import data_fingerprint, fingerprint_changes
 from alseg.data.torch_dataset import ImageView, TrainingSet
 from alseg.data.transforms import build_transforms
 from alseg.engine.evaluate import evaluate
-from alseg.engine.initial_run import check_initial_run, copy_initial_round
-from alseg.engine.pool_inference import infer_pool
-from alseg.models.point_supervision import PointSupRoIHeads
-from alseg.models.mask_iou_head import iou_prediction_errors, train_mask_iou_head
-from alseg.engine.state import (atomic_torch_save, atomic_write_json, atomic_write_text, differing_keys, read_json,
-                                under)
+from alseg.engine.initial_run import InitialRound, check_initial_run, copy_initial_round
+from alseg.engine.state import (PHASES, STATE_VERSION, SelectResult, TrainResult,  # noqa: F401  (PHASES re-exported)
+                                differing_keys, read_state, under)
 from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
-from alseg.errors import ConfigError
+from alseg.errors import ConfigError, DataError
+from alseg.files import (DamagedFileError, WriteError, atomic_torch_save, atomic_write_json, atomic_write_text,
+                         check_zip, load_model_state, make_dirs, write_error)
 from alseg.instantiate import build
 from alseg.run_naming import RESUMABLE_CHANGES  # keys that may change on resume (and stay out of run names)
-from alseg.strategies.base import SelectionContext, Strategy
+from alseg.models.mask_iou_head import iou_prediction_errors, train_mask_iou_head
+from alseg.models.point_supervision import PointSupRoIHeads
+from alseg.predictions import infer_pool
+from alseg.strategies.base import (ENSEMBLE, MASK_IOU_HEAD, NEEDS, NEEDS_A_TRAINED_MODEL, POINT_SUPERVISION,
+                                   REFERENCE_MODEL, SelectionContext, Strategy)
 from alseg.writers.base import WriterGroup
 
 log = logging.getLogger(__name__)
-
-STATE_VERSION = 2  # 1 kept the whole ledger inside state.json; such runs are converted on resume
-PHASES = ("start", "selected", "trained", "evaluated")
 
 
 def resolve_device(name: str) -> str:
@@ -83,6 +94,7 @@ class ActiveLearningLoop:
             OmegaConf.to_container(cfg.trainer.get("finetune") or {}), "trainer.finetune")
         self.transforms = build_transforms(OmegaConf.to_container(cfg.trainer.transforms))
         self.budget = Budget(float(al.budget), str(al.budget_unit))
+        self._initial_model = None  # built once by _build_model; every model starts as a copy of it
 
     # ---------------------------------------------------------------- setup
     def _build_data(self) -> DataSplits:
@@ -114,7 +126,7 @@ class ActiveLearningLoop:
 
     def _build_model(self, num_classes: int):
         """A fresh copy of the initial model (built once, from the seed: the same on resume)."""
-        if getattr(self, "_initial_model", None) is None:
+        if self._initial_model is None:
             torch.manual_seed(self.seed)
             self._initial_model = build(self.cfg.model, "model", num_classes=num_classes).to(self.device)
         return copy.deepcopy(self._initial_model)
@@ -125,6 +137,36 @@ class ActiveLearningLoop:
             raise ConfigError(f"{what}: {node.get('_target_')} is not an alseg Strategy")
         return s
 
+    def _check_needs(self, strategy: Strategy, initial_strategy: Strategy) -> None:
+        """Every strategy's ``needs`` against what the loop and the model can provide (before
+        round 0, with one-line ConfigErrors): names from the vocabulary ``NEEDS``; no need of a
+        trained model in a strategy that labels round 0; the model capabilities they need."""
+        model = self._initial_model
+        capabilities = {MASK_IOU_HEAD: getattr(model, "mask_iou_head", None) is not None,
+                        POINT_SUPERVISION: isinstance(getattr(model, "roi_heads", None), PointSupRoIHeads)}
+        fixes = {MASK_IOU_HEAD: "use a model with one (e.g. model=maskrcnn_r18_small_iou, or set model.mask_iou)",
+                 POINT_SUPERVISION: "use model.point_supervision=true (e.g. model=maskrcnn_r18_small_points)"}
+        used = [(strategy, "strategy")] if self.rounds >= 1 else []
+        if not self.cfg.al.get("initial_run"):
+            used.append((initial_strategy, "al.initial_strategy"))
+        for s, what in ((strategy, "strategy"), (initial_strategy, "al.initial_strategy")):
+            needs = s.needs
+            if isinstance(needs, str) or not all(isinstance(n, str) for n in needs):
+                raise ConfigError(f"{what}: {s.name!r} declares needs {needs!r}; expected a set of names from {sorted(NEEDS)}")
+            unknown = sorted(set(needs) - set(NEEDS))
+            if unknown:
+                raise ConfigError(f"{what}: {s.name!r} needs {unknown[0]!r}, which the loop does not provide; "
+                                  f"known needs: {sorted(NEEDS)}")
+        for s, what in used:
+            if what == "al.initial_strategy" and set(s.needs) & NEEDS_A_TRAINED_MODEL:
+                need = sorted(set(s.needs) & NEEDS_A_TRAINED_MODEL)[0]
+                raise ConfigError(f"{what}: {s.name!r} needs {NEEDS[need]} ({need}), which round 0 does not have; "
+                                  f"choose a strategy that needs no trained model (e.g. random, tfdp, entropy_reference) "
+                                  f"or take round 0 from another run with al.initial_run")
+            for need, ok in capabilities.items():
+                if need in s.needs and not ok:
+                    raise ConfigError(f"{what}: {s.name!r} needs {NEEDS[need]} ({need}); {fixes[need]}")
+
     # ---------------------------------------------------------------- state
     @property
     def state_path(self) -> Path:
@@ -133,99 +175,239 @@ class ActiveLearningLoop:
     def round_dir(self, k: int) -> Path:
         return self.run_dir / f"round_{k:03d}"
 
-    def _load_or_create_state(self, config: dict) -> dict:
-        if self.state_path.is_file():
-            try:
-                state = read_json(self.state_path)
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"{self.state_path}: unreadable run state ({e}); move the folder away to start over") from None
-            if state.get("version") not in (1, STATE_VERSION):
-                raise ConfigError(f"{self.state_path}: state version {state.get('version')} is not supported")
-            diffs = config_differences(state["config"], config)
-            if diffs:
-                raise ConfigError(
-                    f"{self.run_dir}: exists with a different config (differs at: {', '.join(diffs[:5])}); "
-                    f"pass run_name=NAME for a new run or remove the folder"
-                )
-            log.info("resuming %s at round %d (phase %s)", self.run_dir, state["round"], state["phase"])
-            return state
-        state = {"version": STATE_VERSION, "round": 0, "phase": "start", "records": [], "seed": self.seed,
-                 "config": config}
-        if self.cfg.al.get("initial_run"):
-            self._initial_source = check_initial_run(self.cfg.al.initial_run, config)
-            state["phase"] = "trained"  # round 0 is copied in (run()); it is evaluated here
-        return state
-
     def labels_path(self, k: int) -> Path:
         return self.round_dir(k) / "labels.jsonl"
 
-    def _load_ledger(self, state: dict) -> Ledger:
+    def _redo(self, k: int) -> str:
+        """What to do about a damaged file of round k: the loop redoes removed last rounds."""
+        return f"remove {self.round_dir(k)} and every later round folder to redo the run from round {k}"
+
+    def _new_state(self, config: dict, fingerprint: dict) -> tuple[dict, InitialRound | None]:
+        state = {"version": STATE_VERSION, "round": 0, "phase": "start", "phase_results": {}, "records": [],
+                 "seed": self.seed, "config": config, "fingerprint": fingerprint}
+        initial = None
+        if self.cfg.al.get("initial_run"):
+            initial = check_initial_run(self.cfg.al.initial_run, config)
+            # Round 0 is copied in (run()) and evaluated here, with the source's phase results.
+            state.update(phase="trained", phase_results={
+                "select": initial.select.to_dict(), "train": initial.train.to_dict() if initial.train else None})
+        return state, initial
+
+    def _load_or_create_state(self, config: dict, fingerprint: dict) -> tuple[dict, InitialRound | None]:
+        """The run state, read and checked (nothing is written): the config against the stored
+        one, the data against the stored fingerprint, older versions converted in memory, and the
+        state rolled back to the first round whose folder was removed. With the InitialRound
+        when round 0 is to be taken from al.initial_run."""
+        if not self.state_path.exists():
+            return self._new_state(config, fingerprint)
+        try:
+            state = read_state(self.state_path)
+        except DamagedFileError as e:
+            raise e.advise("move the run folder away to start over") from None
+        diffs = config_differences(state["config"], config)
+        if diffs:
+            raise ConfigError(
+                f"{self.run_dir}: exists with a different config (differs at: {', '.join(diffs[:5])}); "
+                f"pass run_name=NAME for a new run or remove the folder"
+            )
+        if "fingerprint" in state:
+            changes = fingerprint_changes(state["fingerprint"], fingerprint)
+            if changes:
+                path, what = changes[0]
+                raise DataError(f"{path}: {what} (fingerprint in {self.state_path}); restore the data the run "
+                                f"started on, or start a new run (run_name=NAME)")
+        else:
+            log.info("%s: recording the fingerprint of the data (a run older than state version 3)", self.state_path)
+        state["fingerprint"] = fingerprint
+        if state["version"] < 3:
+            self._upgrade_results(state)
+        missing = self._first_removed_round(state)
+        if missing is not None:
+            log.warning("%s was removed: redoing the run from round %d", self.round_dir(missing), missing)
+            if missing == 0:
+                return self._new_state(config, fingerprint)
+            state.update(round=missing, phase="start", phase_results={},
+                         records=[r for r in state["records"] if r["round"] < missing])
+        log.info("resuming %s at round %d (phase %s)", self.run_dir, state["round"], state["phase"])
+        return state, None
+
+    def _upgrade_results(self, state: dict) -> None:
+        """Version 1/2 states keep no phase results: the selection's comes from selection.json;
+        the training's is unknown (the round's record will lack its train keys)."""
+        k, phase = state["round"], state["phase"]
+        results = {}
+        if phase in ("selected", "trained") and self.round_dir(k).is_dir():
+            try:
+                results["select"] = SelectResult.from_selection_file(self.round_dir(k) / "selection.json").to_dict()
+            except DamagedFileError as e:
+                raise e.advise(self._redo(k)) from None
+        if phase == "trained":
+            log.warning("round %d was trained by an older alseg: its record will have no train metrics", k)
+            results["train"] = None
+        state["phase_results"] = results
+
+    def _first_removed_round(self, state: dict) -> int | None:
+        """The first round with a committed selection whose folder is gone, when no later round
+        folder remains (ConfigError when one does: the rounds cannot be redone out of order)."""
+        done = state["round"] + (state["phase"] != "start")
+        missing = next((k for k in range(done) if not self.round_dir(k).is_dir()), None)
+        if missing is None:
+            return None
+        later = sorted(int(m.group(1)) for p in self.run_dir.iterdir()
+                       if p.is_dir() and (m := re.fullmatch(r"round_(\d+)", p.name)) and int(m.group(1)) > missing)
+        if later:
+            raise ConfigError(f"{self.round_dir(missing)}: missing while {self.round_dir(later[0])} exists; "
+                              f"{self._redo(missing)}, or move the run folder away to start over")
+        return missing
+
+    def _read_ledger(self, state: dict, initial: InitialRound | None) -> tuple[Ledger, bool]:
         """The labels of every round whose selection was committed (a round still at "start" is
-        redone, whatever it left behind). A version-1 state carries the ledger itself: it is split
-        into the per-round files and the state upgraded."""
+        redone, whatever it left behind), and whether they must be written to per-round files (a
+        version-1 state carries the ledger itself). Reads only."""
+        if initial is not None:
+            return Ledger(initial.entries), False
         done = state["round"] + (state["phase"] != "start")
         if state["version"] == 1:
-            ledger = Ledger(state.pop("ledger", []))
-            for k in range(done):
-                ledger.save_round(k, self.labels_path(k))
-            state["version"] = STATE_VERSION
-            return ledger
+            raw = state.get("ledger", [])
+            bad = next((i for i, e in enumerate(raw) if not isinstance(e, dict) or type(e.get("round")) is not int), None)
+            problem = f"ledger entry {bad}: no round" if bad is not None else next(
+                (f"a ledger entry: {p}" for p in map(label_problem, raw) if p), None)
+            if problem:
+                raise DamagedFileError(self.state_path, problem).advise("move the run folder away to start over")
+            entries = [e for e in raw if e["round"] < done]
+            return Ledger(entries), True
         ledger = Ledger()
         for k in range(done):
-            if not self.labels_path(k).is_file():
-                raise ConfigError(f"{self.labels_path(k)}: missing, cannot resume round {k}'s labels")
-            ledger.load_round(k, self.labels_path(k))
-        return ledger
+            try:
+                ledger.load_round(k, self.labels_path(k))
+            except DamagedFileError as e:
+                raise e.advise(self._redo(k)) from None
+        return ledger, False
 
     def _commit(self, state: dict) -> None:
-        atomic_write_json(self.state_path, state)
+        # Keys in insertion order: records read back keep their column order (results.csv).
+        atomic_write_json(self.state_path, state, sort_keys=False)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _load_round_model(self, k: int, path: Path | None = None, advice: str | None = None):
+        """A fresh model with round k's checkpoint loaded (DamagedFileError naming it otherwise)."""
+        path = path or self.round_dir(k) / "model.pt"
+        model = self._build_model(self._num_classes)
+        try:
+            load_model_state(model, path, map_location=self.device)
+        except DamagedFileError as e:
+            raise e.advise(advice or self._redo(k)) from None
+        return model
+
+    def _model_of(self, k: int, current: tuple[int, object] | None):
+        """The model trained in round k: ``current`` when it holds it, else read from its checkpoint."""
+        if k < 0:
+            return None
+        if current is not None and current[0] == k:
+            return current[1]
+        return self._load_round_model(k)
+
+    def _resume_model(self, state: dict, initial: InitialRound | None) -> tuple[int, object] | None:
+        """(round, model) of the checkpoint the resumed run reads next, loaded now so that a damaged
+        one stops the run before anything is written; None when it reads none."""
+        k, phase = state["round"], state["phase"]
+        if k > self.rounds or (phase == "evaluated" and k >= self.rounds):
+            return None
+        finetune = self.cfg.al.policy == "finetune"
+        need = {"start": k - 1, "selected": k - 1 if finetune else -1, "trained": k, "evaluated": k}[phase]
+        if need < 0:
+            return None
+        if initial is not None and need == 0:
+            return 0, self._load_round_model(0, initial.model_path, "choose another al.initial_run")
+        return need, self._load_round_model(need)
+
+    def _check_other_checkpoints(self, state: dict, strategies: list[Strategy]) -> None:
+        """Whole-file checks of the reference and ensemble checkpoints the next selection reads."""
+        k = state["round"]
+        if k > self.rounds:
+            return
+        needs = set().union(*(s.needs for s in strategies))
+        reference = self.run_dir / "reference" / "model.pt"
+        if REFERENCE_MODEL in needs and reference.exists():
+            self._check_checkpoint(reference, "remove it to train the reference model again")
+        if ENSEMBLE in needs and state["phase"] == "start" and k >= 1 and self.round_dir(k - 1).is_dir():
+            for path in sorted(self.round_dir(k - 1).glob("ensemble_*.pt")):
+                self._check_checkpoint(path, "remove it to train that ensemble member again")
+
+    @staticmethod
+    def _check_checkpoint(path: Path, advice: str) -> None:
+        try:
+            check_zip(path)
+        except DamagedFileError as e:
+            raise e.advise(advice) from None
 
     # ---------------------------------------------------------------- run
     def run(self) -> list[dict]:
         config = OmegaConf.to_container(self.cfg, resolve=True)
-        data = self._build_data()  # all validation happens before the run folder is touched
+        # All validation, and every read of the run folder, happens before the run folder is touched.
+        data = self._build_data()
         strategy = self._strategy(self.cfg.strategy, "strategy")
         initial_strategy = self._strategy(self.cfg.al.initial_strategy, "al.initial_strategy")
-        self._build_model(data.train.num_classes)
+        self._num_classes = data.train.num_classes
+        self._build_model(self._num_classes)
+        self._check_needs(strategy, initial_strategy)
         writers = WriterGroup(list(build(self.cfg.logger, "logger").values()) if self.cfg.logger else [])
-        state = self._load_or_create_state(config)
+        data_keys = skipped_annotations(data)
+        state, initial = self._load_or_create_state(config, data_fingerprint(data))
+        ledger, write_labels = self._read_ledger(state, initial)
+        current = self._resume_model(state, initial)
+        self._check_other_checkpoints(state, [strategy, initial_strategy])
+
         state["config"] = config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if getattr(self, "_initial_source", None) is not None:
-            copy_initial_round(self.cfg.al.initial_run, self._initial_source, self.round_dir(0))
-            log.info("round 0 taken from %s", self.cfg.al.initial_run)
-        log_file = logging.FileHandler(self.run_dir / "run.log")
-        log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(log_file)
+        make_dirs(self.run_dir)
+        if initial is not None:
+            copy_initial_round(initial, self.round_dir(0))
+        # Differs from the stored one at most in keys that may change on resume (al.rounds, device, ...).
+        atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        if write_labels:  # a version-1 state: its ledger goes to the per-round files
+            for k in range(state["round"] + (state["phase"] != "start")):
+                ledger.save_round(k, self.labels_path(k))
+            state.pop("ledger", None)
+        state["version"] = STATE_VERSION
+        self._commit(state)
+        log_file = self._log_handler()
         try:
             log.info("run folder: %s", self.run_dir)
-            # Differs from the stored one at most in keys that may change on resume (al.rounds, device, ...).
-            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
-            ledger = self._load_ledger(state)
-            self._commit(state)
+            if initial is not None:
+                log.info("round 0 taken from %s", initial.source)
+            if data_keys["data/skipped_annotations"]:
+                log.warning("invalid annotations skipped (dataset.invalid_annotations=skip): %d; train %s, val %s",
+                            data_keys["data/skipped_annotations"], data.train.skipped, data.val.skipped)
             oracle = Oracle(data.train, self.costs)
             writers.open(self.run_dir, config, state["records"])
-            model = None
             while state["round"] <= self.rounds:
                 k = state["round"]
                 if state["phase"] == "start":
-                    model = self._maybe_load(model, data, k - 1)
+                    previous = self._model_of(k - 1, current)
+                    current = (k - 1, previous) if previous is not None else current
                     strat, budget = (initial_strategy, self.initial_budget) if k == 0 else (strategy, self.budget)
-                    self._select(k, strat, budget, data, ledger, oracle, model)
-                    state.update(phase="selected")
+                    selected = self._select(k, strat, budget, data, ledger, oracle, previous)
+                    state.update(phase="selected", phase_results={"select": selected.to_dict()})
                     self._commit(state)
                 if state["phase"] == "selected":
-                    model = self._train(k, data, ledger, model)
-                    state.update(phase="trained")
+                    model, trained = self._train(k, data, ledger, current)
+                    current = (k, model)
+                    state["phase_results"]["train"] = trained.to_dict()
+                    state["phase"] = "trained"
                     self._commit(state)
                 if state["phase"] == "trained":
-                    model = self._maybe_load(model, data, k)
-                    record = self._evaluate(k, data, ledger, model, strategy, initial_strategy)
+                    model = self._model_of(k, current)
+                    current = (k, model)
+                    results = state["phase_results"]
+                    record = self._evaluate(k, data, ledger, model, strategy, initial_strategy,
+                                            SelectResult(**results["select"]),
+                                            TrainResult(**results["train"]) if results.get("train") else None,
+                                            data_keys)
                     writers.write(record)
                     state["records"] = [r for r in state["records"] if r["round"] != k] + [record]
                     state.update(phase="evaluated")
                     self._commit(state)
-                state.update(round=k + 1, phase="start")
+                state.update(round=k + 1, phase="start", phase_results={})
                 self._commit(state)
         finally:
             writers.close()
@@ -233,21 +415,18 @@ class ActiveLearningLoop:
             log_file.close()
         return state["records"]
 
-    def _maybe_load(self, model, data: DataSplits, k: int):
-        """The model trained in round k (kept in memory, or read back from its checkpoint)."""
-        if k < 0:
-            return None
-        if model is not None and getattr(model, "_alseg_round", None) == k:
-            return model
-        ckpt = self.round_dir(k) / "model.pt"
-        if not ckpt.is_file():
-            raise ConfigError(f"{ckpt}: checkpoint missing, cannot resume round {k + 1}")
-        m = self._build_model(data.train.num_classes)
-        m.load_state_dict(torch.load(ckpt, map_location=self.device, weights_only=True)["model"])
-        m._alseg_round = k
-        return m
+    def _log_handler(self) -> logging.Handler:
+        path = self.run_dir / "run.log"
+        try:
+            handler = logging.FileHandler(path)
+        except OSError as e:
+            raise write_error(path, e) from None
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        return handler
 
-    def _select(self, k, strategy: Strategy, budget: Budget, data, ledger: Ledger, oracle: Oracle, model) -> None:
+    def _select(self, k, strategy: Strategy, budget: Budget, data, ledger: Ledger, oracle: Oracle,
+                model) -> SelectResult:
         ledger.drop_round(k)  # a half-done selection of this round is redone from scratch
         labeled = sorted(ledger.fully_labeled_images())
         unlabeled = sorted(set(data.train.image_ids) - set(labeled))
@@ -273,11 +452,12 @@ class ActiveLearningLoop:
             seconds += sum(lab.seconds for lab in labels)
             ledger.add(labels, k)
         ledger.save_round(k, self.labels_path(k))
-        analysis = strategy.analyze(ctx, queries)
+        result = SelectResult(queries=len(queries), seconds=seconds, analysis=strategy.analyze(ctx, queries))
         atomic_write_json(self.round_dir(k) / "selection.json", {
             "round": k, "strategy": strategy.name, "budget": {"amount": budget.amount, "unit": budget.unit},
-            "seconds": seconds, "analysis": analysis, "queries": [q.to_dict() for q in queries]})
+            "seconds": seconds, "analysis": result.analysis, "queries": [q.to_dict() for q in queries]})
         log.info("round %d: %s selected %d queries (%.0f s of annotation)", k, strategy.name, len(queries), seconds)
+        return result
 
     def _infer(self, model, data: DataSplits, image_ids: list[int]):
         if model is None:
@@ -289,10 +469,9 @@ class ActiveLearningLoop:
         """A model trained on the whole pool with full masks (for model-based pruning baselines),
         trained once per run and kept in reference/model.pt for resumption."""
         path = self.run_dir / "reference" / "model.pt"
-        model = self._build_model(data.train.num_classes)
         if path.is_file():
-            model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)["model"])
-            return model
+            return self._load_round_model(-1, path, "remove it to train the reference model again")
+        model = self._build_model(data.train.num_classes)
         views = {r.image_id: ImageView(full_image=True, mask_ann_ids={i.ann_id for i in r.instances})
                  for r in data.train.images}
         log.info("training the reference model on all %d pool images", len(views))
@@ -314,7 +493,10 @@ class ActiveLearningLoop:
             torch.manual_seed(self.seed * 7919 + i)
             member = build(self.cfg.model, "model", num_classes=data.train.num_classes).to(self.device)
             if path.is_file():
-                member.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)["model"])
+                try:
+                    load_model_state(member, path, map_location=self.device)
+                except DamagedFileError as e:
+                    raise e.advise("remove it to train that ensemble member again") from None
             else:
                 seed = self.seed * 7919 + 1000 * i + k
                 self._fit(member, TrainingSet(data.train, views, self.transforms, seed=seed), self.train_cfg,
@@ -323,40 +505,43 @@ class ActiveLearningLoop:
             members.append(member)
         return members
 
-    def _fit(self, model, dataset: TrainingSet, cfg: TrainerConfig, desc: str, seed: int) -> LossAverageHook:
+    def _fit(self, model, dataset: TrainingSet, cfg: TrainerConfig, desc: str, seed: int) -> dict[str, float]:
+        """Train ``model`` in place; the mean of each loss term over the last iterations."""
         torch.manual_seed(seed)
         losses = LossAverageHook()
         Trainer(model, dataset, cfg, self.device, seed=seed,
                 hooks=[ProgressHook(desc, enabled=self.progress), losses]).train()
-        return losses
+        return losses.summary()
 
-    def _train(self, k: int, data: DataSplits, ledger: Ledger, previous):
+    def _train(self, k: int, data: DataSplits, ledger: Ledger, current) -> tuple[object, TrainResult]:
+        """Round k's model (fine-tuned from round k-1's, or from the initial weights) and what its
+        training returns; the checkpoint is written to round_k/model.pt."""
         views = ledger.training_views()
         partial = [i for i, v in views.items() if v.box_ann_ids - v.mask_ann_ids]
         if partial and not isinstance(self._initial_model.roi_heads, PointSupRoIHeads):
             raise ConfigError("instances labeled by boxes or points need model.point_supervision=true")
         if self.cfg.al.policy == "finetune" and k > 0:
-            model = self._maybe_load(previous, data, k - 1)
+            model = self._model_of(k - 1, current)
             cfg = self.finetune_cfg
         else:
             model = self._build_model(data.train.num_classes)
             cfg = self.train_cfg
         seed = self.seed * 1009 + k
         dataset = TrainingSet(data.train, views, self.transforms, seed=seed)
-        self._loss_hook = self._fit(model, dataset, cfg, f"round {k} train", seed)
-        self._extra_train_metrics = {"train/iters": cfg.iters, "train/base_lr": cfg.lr}
+        losses = self._fit(model, dataset, cfg, f"round {k} train", seed)
         if getattr(model, "mask_iou_head", None) is not None:
-            self._extra_train_metrics |= train_mask_iou_head(
-                model, dataset, device=self.device, seed=seed, progress=self.progress,
-                batch_size=self.train_cfg.batch_size, **model.mask_iou_cfg)
+            losses |= train_mask_iou_head(model, dataset, device=self.device, seed=seed, progress=self.progress,
+                                          batch_size=self.train_cfg.batch_size, **model.mask_iou_cfg)
         atomic_torch_save({"model": model.state_dict(), "round": k}, self.round_dir(k) / "model.pt")
         if self.cfg.al.keep_checkpoints == "last" and k > 0:
             (self.round_dir(k - 1) / "model.pt").unlink(missing_ok=True)
-        model._alseg_round = k
-        return model
+        return model, TrainResult(iters=cfg.iters, base_lr=cfg.lr, losses=losses)
 
     def _evaluate(self, k: int, data: DataSplits, ledger: Ledger, model, strategy: Strategy,
-                  initial_strategy: Strategy) -> dict:
+                  initial_strategy: Strategy, selected: SelectResult, trained: TrainResult | None,
+                  data_keys: dict) -> dict:
+        """Round k's record: counts, annotation seconds, the model's metrics on the val split, and
+        the select and train phases' results; also written to round_k/metrics.json."""
         metrics = evaluate(model, data.val, device=self.device, batch_size=int(self.cfg.eval.batch_size),
                            progress=self.progress)
         seconds = ledger.seconds()
@@ -366,12 +551,22 @@ class ActiveLearningLoop:
                   **counts, "pool_images": pool, "seconds": seconds, "hours": seconds / 3600.0, **metrics}
         if counts["images_with_labels"] == counts["labeled_images"]:  # whole images only: a data-pruning run
             record["pruning_rate"] = 1.0 - counts["labeled_images"] / pool
-        if getattr(self, "_loss_hook", None) is not None:
-            record.update(self._loss_hook.summary())
-            record.update(self._extra_train_metrics)
+        if trained is not None:
+            record.update(trained.record())
         if getattr(model, "mask_iou_head", None) is not None:
             record.update(iou_prediction_errors(model, data.val, device=self.device))
-        analysis = read_json(self.round_dir(k) / "selection.json").get("analysis", {})
-        record.update({f"selection/{key}": v for key, v in analysis.items() if isinstance(v, (int, float))})
+        record.update(selected.record())
+        record.update(data_keys)
         atomic_write_json(self.round_dir(k) / "metrics.json", record)
         return record
+
+
+def skipped_annotations(data: DataSplits) -> dict[str, int]:
+    """The record keys of invalid annotations dropped under dataset.invalid_annotations=skip,
+    train and val together: "data/skipped_annotations" (total) and
+    "data/skipped_annotations/<reason>" per reason."""
+    total = Counter()
+    for split in (data.train, data.val):
+        total.update(getattr(split, "skipped", None) or {})
+    return {"data/skipped_annotations": sum(total.values()),
+            **{f"data/skipped_annotations/{reason}": n for reason, n in sorted(total.items())}}

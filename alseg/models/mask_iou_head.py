@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from alseg.engine.evaluate import mask_overlaps
+from alseg.masks import mask_overlaps
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,10 @@
 """The strategy interface. A strategy ranks queries; the loop takes what fits the budget.
 
 A strategy declares in ``needs`` what it reads from the context, so the loop computes nothing
-more (random needs nothing; an uncertainty strategy needs 'predictions' on the unlabeled pool).
+more (random needs nothing; an uncertainty strategy needs "pool_predictions"), and what the model
+must be able to do. The names come from one vocabulary, ``NEEDS``; the loop checks every
+strategy's needs against what it can provide before round 0 (an unknown name is an error, as is
+a strategy needing a trained model as ``al.initial_strategy``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,28 @@ from alseg.annotation.oracle import Oracle
 from alseg.annotation.queries import Query
 from alseg import config_check as check
 from alseg.data.coco import CocoDataset
+
+# What the loop provides to a strategy (ctx.model, or ctx.get(name)) ...
+MODEL = "model"  # ctx.model: the previous round's model (None at round 0)
+REFERENCE_MODEL = "reference_model"  # a model trained on the whole pool with full masks, once per run
+ENSEMBLE = "ensemble"  # the previous round's model and ensemble_size - 1 more trained on its labels
+POOL_PREDICTIONS = "pool_predictions"  # alseg.predictions.PoolPredictions of the previous round's model
+LABELED_PREDICTIONS = "labeled_predictions"  # the same on the labeled images
+# ... and what the model must have.
+MASK_IOU_HEAD = "mask_iou_head"  # predicted mask IoUs (model.mask_iou=..., pool_predictions.pred_iou)
+POINT_SUPERVISION = "point_supervision"  # trains on box / point labels (model.point_supervision=true)
+
+NEEDS: dict[str, str] = {
+    MODEL: "the previous round's model",
+    REFERENCE_MODEL: "a reference model trained on the whole pool",
+    ENSEMBLE: "several models trained on the previous round's labels",
+    POOL_PREDICTIONS: "the previous round's model's predictions on the unlabeled pool",
+    LABELED_PREDICTIONS: "the previous round's model's predictions on the labeled images",
+    MASK_IOU_HEAD: "a model with a mask-IoU head",
+    POINT_SUPERVISION: "a model trained with point supervision",
+}
+# Needs that only a trained model (round >= 1, or al.initial_run) can meet.
+NEEDS_A_TRAINED_MODEL = frozenset({MODEL, ENSEMBLE, POOL_PREDICTIONS, LABELED_PREDICTIONS})
 
 
 @dataclass
@@ -45,7 +70,7 @@ class SelectionContext:
 
 
 class Strategy:
-    """Subclasses set ``name``, ``needs`` and implement ``rank``."""
+    """Subclasses set ``name``, ``needs`` (names from ``NEEDS``) and implement ``rank``."""
 
     name: str = "base"
     needs: frozenset[str] = frozenset()

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from alseg.engine.state import atomic_write_text
+from alseg.files import atomic_write_text
 from alseg.writers.base import MetricsWriter
 
 
@@ -29,37 +29,55 @@ def missing_as_none(value: Any) -> Any:
 
 
 class JsonlWriter(MetricsWriter):
-    """One line per round. Rewritten whole (atomically) so a redone round never appears twice."""
+    """One line per round. Rewritten whole (atomically) so a redone round never appears twice; on
+    open, brought back to the resumed records when it differs (a run redoing removed rounds)."""
 
     filename = "results.jsonl"
 
     def open(self, run_dir, config, resumed_records):
         self.path = Path(run_dir) / self.filename
         self.records = list(resumed_records)
+        if self.path.is_file() or self.records:
+            text = self.render(self.records)
+            try:
+                same = self.path.read_text() == text
+            except (OSError, UnicodeDecodeError):
+                same = False
+            if not same:
+                atomic_write_text(self.path, text)
 
     def write(self, record):
         self.records = [r for r in self.records if r["round"] != record["round"]] + [record]
-        atomic_write_text(self.path, "".join(json.dumps(missing_as_none(r), sort_keys=True, allow_nan=False) + "\n"
-                                             for r in self.records))
+        atomic_write_text(self.path, self.render(self.records))
+
+    @staticmethod
+    def render(records: list[dict]) -> str:
+        return "".join(json.dumps(missing_as_none(r), sort_keys=True, allow_nan=False) + "\n" for r in records)
 
 
 class CsvWriter(JsonlWriter):
     filename = "results.csv"
 
-    def write(self, record):
-        self.records = [r for r in self.records if r["round"] != record["round"]] + [record]
-        cols = list(dict.fromkeys(k for r in self.records for k in r))
+    @staticmethod
+    def render(records: list[dict]) -> str:
+        if not records:
+            return ""
+        cols = list(dict.fromkeys(k for r in records for k in r))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols)
         w.writeheader()
-        w.writerows(missing_as_none(self.records))  # None: an empty cell
-        atomic_write_text(self.path, buf.getvalue())
+        w.writerows(missing_as_none(records))  # None: an empty cell
+        return buf.getvalue()
 
 
 class PlotWriter(JsonlWriter):
     """ap_vs_hours.png: mask and box AP against annotation hours, redrawn after every round."""
 
     filename = "ap_vs_hours.png"
+
+    def open(self, run_dir, config, resumed_records):
+        self.path = Path(run_dir) / self.filename
+        self.records = list(resumed_records)
 
     def write(self, record):
         from alseg.plots import plot_ap_vs_cost

@@ -1,0 +1,97 @@
+"""A model's predictions on a dataset's images, below the engine so that strategies and tools use
+them without importing ``alseg.engine``.
+
+- ``predict``: per image, the model's detections with masks pasted to the image (evaluation,
+  visualisation, mask-entropy scores).
+- ``infer_pool``: inference on the pool, once per round, keeping only compact per-instance arrays
+  (``PoolPredictions``): RoI-resolution mask probabilities (never pasted to image size), class
+  distributions and embeddings, in float16 where precision does not matter. Strategies read it
+  through ``ctx.get("pool_predictions")``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from alseg.data.coco import CocoDataset
+from alseg.data.torch_dataset import ImageSet, collate
+from alseg.models.instance_inference import predict_instances
+
+
+@torch.no_grad()
+def predict(model, data: CocoDataset, image_ids=None, device="cpu", batch_size: int = 4, mask_threshold: float = 0.5,
+            desc: str = "predict", progress: bool = True):
+    """Run the model (in eval mode) on ``image_ids`` (default: every image of ``data``); yields
+    (image_id, boxes (n, 4) float32 xyxy in pixels, scores (n,), labels (n,) int64 1..C, masks):
+    masks are bool (n, H, W), or the float mask probabilities when ``mask_threshold`` is None, or
+    None for a model without a mask branch."""
+    model.eval()
+    loader = DataLoader(ImageSet(data, image_ids), batch_size=batch_size, collate_fn=collate, num_workers=0)
+    for images, ids in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        outputs = model([im.to(device) for im in images])
+        for image_id, out in zip(ids, outputs):
+            masks = None
+            if "masks" in out:
+                probs = out["masks"][:, 0]
+                masks = (probs.float() if mask_threshold is None else probs >= mask_threshold).cpu().numpy()
+            yield (image_id, out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(), masks)
+
+
+@dataclass
+class PoolPredictions:
+    image_ids: list[int]  # the images inferred, in order
+    image_index: np.ndarray  # (n,) int64: row of each instance's image in image_ids
+    boxes: np.ndarray  # (n, 4) float32 xyxy, original image frame
+    scores: np.ndarray  # (n,) float32
+    labels: np.ndarray  # (n,) int64, 1..C
+    class_probs: np.ndarray  # (n, C + 1) float32, column 0 background
+    mask_probs: np.ndarray  # (n, M, M) float16, predicted class, RoI resolution
+    embeddings: np.ndarray  # (n, D) float32, mask-branch features, average-pooled
+    image_embeddings: np.ndarray  # (len(image_ids), D') float32, finest FPN level, average-pooled
+    pred_iou: np.ndarray | None = None  # (n,) float32 when the model has a mask-IoU head
+
+    @property
+    def areas(self) -> np.ndarray:
+        """Box areas in pixels of the original image (the instance size of TAUDIS Eq. 4-5)."""
+        wh = np.clip(self.boxes[:, 2:] - self.boxes[:, :2], 0, None)
+        return wh[:, 0] * wh[:, 1]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@torch.no_grad()
+def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cpu", batch_size: int = 4,
+               score_threshold: float = 0.0, progress: bool = True) -> PoolPredictions:
+    """``PoolPredictions`` of ``model`` on ``image_ids`` of ``data``, detections with a score below
+    ``score_threshold`` dropped."""
+    loader = DataLoader(ImageSet(data, image_ids), batch_size=batch_size, collate_fn=collate, num_workers=0)
+    fields = ("image_index", "boxes", "scores", "labels", "class_probs", "mask_probs", "embeddings", "pred_iou")
+    parts: dict[str, list] = {k: [] for k in fields}
+    image_embeddings, order = [], []
+    for images, ids in tqdm(loader, desc="pool inference", leave=False, disable=not progress):
+        for image_id, rec in zip(ids, predict_instances(model, [im.to(device) for im in images])):
+            keep = rec["scores"] >= score_threshold
+            row = len(order)
+            order.append(int(image_id))
+            image_embeddings.append(rec["image_embedding"].float().cpu().numpy())
+            parts["image_index"].append(np.full(int(keep.sum()), row, np.int64))
+            for k, dtype in (("boxes", np.float32), ("scores", np.float32), ("labels", np.int64),
+                             ("class_probs", np.float32), ("mask_probs", np.float16), ("embeddings", np.float32),
+                             ("pred_iou", np.float32)):
+                if k in rec:
+                    parts[k].append(rec[k][keep].cpu().numpy().astype(dtype))
+    num_classes = len(data.class_names)
+    empty = {"image_index": (0,), "boxes": (0, 4), "scores": (0,), "labels": (0,),
+             "class_probs": (0, num_classes + 1), "mask_probs": (0, 28, 28), "embeddings": (0, 0)}
+    has_iou = getattr(model, "mask_iou_head", None) is not None
+    arrays = {k: (np.concatenate(v) if v else np.zeros(empty.get(k, (0,)))) for k, v in parts.items()}
+    if not has_iou:
+        arrays["pred_iou"] = None
+    return PoolPredictions(image_ids=order, image_embeddings=np.stack(image_embeddings) if image_embeddings
+                           else np.zeros((0, 0), np.float32), **arrays)
