@@ -15,6 +15,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -66,6 +67,17 @@ def write_error(path: Path, e: OSError) -> WriteError:
         return WriteError(f"{where}: cannot write ({os_error_reason(e)}); move it away or choose another path")
     return WriteError(f"{where}: cannot write ({os_error_reason(e)}); "
                       f"check that the folder is writable and the disk has free space")
+
+
+def missing_as_none(value: Any) -> Any:
+    """A record (or value) with every non-finite float (NaN: not computable) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: missing_as_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [missing_as_none(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------- writes

@@ -210,3 +210,15 @@ def test_initial_run_must_share_round_0s_config(cfg_factory, tmp_path, override,
     with pytest.raises(ConfigError, match="not a readable run state"):
         ActiveLearningLoop(cfg_factory(f"al.initial_run={tmp_path / 'nowhere'}"), tmp_path / "run").run()
     assert not (tmp_path / "run").exists()
+
+
+def test_config_differences_accept_keys_added_since_the_run_started():
+    """A run made before a config key existed resumes (the key holds its default: an override of it
+    would name another folder); a changed or removed key is still refused."""
+    from alseg.engine.loop import config_differences
+
+    old = {"seed": 0, "dataset": {"name": "coco"}, "al": {"rounds": 1}}
+    assert config_differences(old, {**old, "dataset": {"name": "coco", "exif_orientation": "apply"}}) == []
+    assert config_differences(old, {**old, "al": {"rounds": 3}}) == []  # resumable
+    assert config_differences(old, {**old, "seed": 1}) == ["seed"]
+    assert config_differences(old, {"dataset": {"name": "coco"}, "al": {"rounds": 1}}) == ["seed"]

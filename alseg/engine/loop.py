@@ -40,11 +40,11 @@ from alseg.data.transforms import build_transforms
 from alseg.engine.evaluate import evaluate
 from alseg.engine.initial_run import InitialRound, check_initial_run, copy_initial_round
 from alseg.engine.state import (PHASES, STATE_VERSION, SelectResult, TrainResult,  # noqa: F401  (PHASES re-exported)
-                                differing_keys, read_state, under)
+                                differing_keys, flatten, read_state, under)
 from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
 from alseg.errors import ConfigError, DataError
 from alseg.files import (DamagedFileError, WriteError, atomic_torch_save, atomic_write_json, atomic_write_text,
-                         check_zip, load_model_state, make_dirs, write_error)
+                         check_zip, load_model_state, make_dirs, missing_as_none, write_error)
 from alseg.instantiate import build
 from alseg.run_naming import RESUMABLE_CHANGES  # keys that may change on resume (and stay out of run names)
 from alseg.models.mask_iou_head import iou_prediction_errors, train_mask_iou_head
@@ -68,7 +68,10 @@ def resolve_device(name: str) -> str:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    return [k for k in differing_keys(old, new) if not under(k, RESUMABLE_CHANGES)]
+    """Keys whose change refuses a resumption: not in RESUMABLE_CHANGES, and not a key the stored
+    config lacks (added by a later alseg with its default; an override of it names another folder)."""
+    old_keys = set(flatten(old))
+    return [k for k in differing_keys(old, new) if not under(k, RESUMABLE_CHANGES) and k in old_keys]
 
 
 class ActiveLearningLoop:
@@ -557,7 +560,7 @@ class ActiveLearningLoop:
             record.update(iou_prediction_errors(model, data.val, device=self.device))
         record.update(selected.record())
         record.update(data_keys)
-        atomic_write_json(self.round_dir(k) / "metrics.json", record)
+        atomic_write_json(self.round_dir(k) / "metrics.json", missing_as_none(record))  # strict JSON: NaN as null
         return record
 
 

@@ -9,23 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
-from typing import Any
 
-from alseg.files import atomic_write_text
+from alseg.files import atomic_write_text, missing_as_none
 from alseg.writers.base import MetricsWriter
-
-
-def missing_as_none(value: Any) -> Any:
-    """A record (or value) with every non-finite float (NaN: not computable) replaced by None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: missing_as_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [missing_as_none(v) for v in value]
-    return value
 
 
 class JsonlWriter(MetricsWriter):
