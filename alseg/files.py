@@ -20,7 +20,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from alseg.errors import AlsegError, DataError
 
@@ -173,27 +173,40 @@ def _json_name(t: type) -> str:
             type(None): "null"}.get(t, t.__name__)
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSON-lines file; DamagedFileError naming
-    the line when one is not a JSON object, or when the last line is cut short (no newline)."""
+def read_jsonl(path: str | os.PathLike, check=None) -> list[dict]:
+    """The objects of a JSON-lines file, one a line (blank lines skipped). DamagedFileError naming
+    the line when one is not a JSON object, when ``check(obj)`` returns a problem (a string), or
+    when the last line is cut short (no end of line: a truncated file)."""
     path = Path(path)
+    data = read_bytes(path)
     try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise _open_problem(path, e) from None
-    with f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DamagedFileError(path, f"line {line}: not text (byte {e.start} is not UTF-8)") from None
+    lines = text.split("\n")
+    if lines[-1].strip():
+        raise DamagedFileError(path, f"line {len(lines)}: cut short (no end of line); truncated?")
+    loads = json.loads
+    try:  # the files alseg writes: no blank line inside, every line an object
+        values = [loads(line) for line in lines[:-1]]
+        numbers = None  # line n holds values[n - 1]
+    except ValueError:
+        values, numbers = [], []
+        for n, line in enumerate(lines[:-1], 1):
+            if not line.strip():
                 continue
-            if not raw.endswith(b"\n"):
-                raise DamagedFileError(path, f"line {n}: cut short (no end of line); truncated?")
             try:
-                value = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                values.append(loads(line))
+            except ValueError as e:
                 raise DamagedFileError(path, f"line {n}: not valid JSON ({one_line(e)})") from None
-            if not isinstance(value, dict):
-                raise DamagedFileError(path, f"line {n}: expected a JSON object, found a {_json_name(type(value))}")
-            yield n, value
+            numbers.append(n)
+    for i, value in enumerate(values):
+        problem = (f"expected a JSON object, found a {_json_name(type(value))}" if type(value) is not dict
+                   else check(value) if check is not None else None)
+        if problem:
+            raise DamagedFileError(path, f"line {numbers[i] if numbers else i + 1}: {problem}")
+    return values
 
 
 def check_zip(path: str | os.PathLike) -> None:

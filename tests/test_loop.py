@@ -194,6 +194,8 @@ def test_initial_run_gives_every_strategy_the_same_round_0(cfg_factory, tmp_path
     for name in ("model.pt", "labels.jsonl", "selection.json"):
         assert (run / "round_000" / name).read_bytes() == (source / "round_000" / name).read_bytes()
     assert records[0]["mask_AP"] == pytest.approx(first[0]["mask_AP"], abs=1e-9)
+    # Round 0's record is the source's, train metrics included (only the strategy differs).
+    assert {**records[0], "strategy": "random"} == first[0]
     assert [r["labeled_images"] for r in records] == [4, 8] and records[1]["strategy"] == "mask_entropy"
     # Resuming the run does not copy round 0 again.
     assert ActiveLearningLoop(cfg_factory("al.rounds=1", "strategy=mask_entropy", f"al.initial_run={source}"), run).run() == records

@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -282,7 +281,14 @@ def test_readers_name_the_file_and_the_fault(tmp_path):
         files.read_json(p, dict)
     p.write_text('{"a": 1}\n{"b": 2}')  # the last line lost its end: the file was cut there
     with pytest.raises(files.DamagedFileError, match="line 2: cut short"):
-        list(files.iter_jsonl(p))
+        files.read_jsonl(p)
+    p.write_text('{"a": 1}\n\n{"b": 2}\n{"b": 3}\n')  # a blank line is skipped, line numbers still count it
+    assert files.read_jsonl(p) == [{"a": 1}, {"b": 2}, {"b": 3}]
+    with pytest.raises(files.DamagedFileError, match="f.json: line 4: b is 3"):
+        files.read_jsonl(p, lambda v: "b is 3" if v.get("b") == 3 else None)
+    p.write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
+    with pytest.raises(files.DamagedFileError, match=r"line 2: not text \(byte 16 is not UTF-8\)"):
+        files.read_jsonl(p)
     with pytest.raises(files.DamagedFileError, match="nothing.pt: missing"):
         files.load_checkpoint(tmp_path / "nothing.pt")
 
@@ -341,3 +347,16 @@ def test_skipped_annotations_are_counted_in_every_record(tmp_path, monkeypatch):
         "data/skipped_annotations": 4, "data/skipped_annotations/degenerate polygon": 3,
         "data/skipped_annotations/rle counts": 1}
     assert "invalid annotations skipped (dataset.invalid_annotations=skip): 4" in (tmp_path / "run" / "run.log").read_text()
+
+
+def test_results_files_follow_the_resumed_records(tmp_path):
+    """A run redoing removed rounds starts from fewer records than results.jsonl holds: the file
+    is brought back to them at once, not when the next round ends."""
+    from alseg.writers.files import CsvWriter, JsonlWriter
+
+    recs = [{"round": k, "mask_AP": 0.1 * k} for k in range(3)]
+    for writer in (JsonlWriter(), CsvWriter()):
+        writer.open(tmp_path, {}, recs)
+        writer.open(tmp_path, {}, recs[:1])
+    assert (tmp_path / "results.jsonl").read_text() == '{"mask_AP": 0.0, "round": 0}\n'
+    assert (tmp_path / "results.csv").read_text().splitlines() == ["round,mask_AP", "0,0.0"]

@@ -3,8 +3,9 @@ continue on different data (an annotation file rewritten at the same path, image
 
 Per split: the SHA-256 of the annotation file's bytes (for a dataset built in memory, as the VOC
 reader does, of its COCO dict as canonical JSON) and of the image list (each kept image's file
-name and size in bytes, from ``os.stat``: no image is opened). On COCO train2017 (450 MB of JSON,
-118k images) that is about one second of hashing plus one ``stat`` per image.
+name and size in bytes, from ``os.stat``: no image is opened). At COCO train2017 scale (448 MB of
+JSON, 118,287 images) that is 0.4 s of hashing and 1.0 s of ``stat`` calls on a warm local disk
+(benchmarks/fingerprint_speed.py).
 """
 
 from __future__ import annotations

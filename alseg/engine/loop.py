@@ -43,7 +43,7 @@ from alseg.engine.state import (PHASES, STATE_VERSION, SelectResult, TrainResult
                                 differing_keys, flatten, read_state, under)
 from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
 from alseg.errors import ConfigError, DataError
-from alseg.files import (DamagedFileError, WriteError, atomic_torch_save, atomic_write_json, atomic_write_text,
+from alseg.files import (DamagedFileError, atomic_torch_save, atomic_write_json, atomic_write_text,
                          check_zip, load_model_state, make_dirs, missing_as_none, write_error)
 from alseg.instantiate import build
 from alseg.run_naming import RESUMABLE_CHANGES  # keys that may change on resume (and stay out of run names)
@@ -98,6 +98,7 @@ class ActiveLearningLoop:
         self.transforms = build_transforms(OmegaConf.to_container(cfg.trainer.transforms))
         self.budget = Budget(float(al.budget), str(al.budget_unit))
         self._initial_model = None  # built once by _build_model; every model starts as a copy of it
+        self._num_classes = 0  # of the dataset, set by run()
 
     # ---------------------------------------------------------------- setup
     def _build_data(self) -> DataSplits:
