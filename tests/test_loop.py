@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -224,3 +225,16 @@ def test_config_differences_accept_keys_added_since_the_run_started():
     assert config_differences(old, {**old, "al": {"rounds": 3}}) == []  # resumable
     assert config_differences(old, {**old, "seed": 1}) == ["seed"]
     assert config_differences(old, {"dataset": {"name": "coco"}, "al": {"rounds": 1}}) == ["seed"]
+
+
+def test_data_checks_logged_before_the_run_folder_exists_reach_run_log(cfg_factory, tmp_path):
+    """The EXIF warning of case11 (shared/cases/bad_inputs) is logged while the data are built,
+    before the run folder may be written; it still ends up in run.log."""
+    case = Path(__file__).parent / "data" / "bad_inputs" / "case11"
+    cfg = cfg_factory("dataset=coco", f"dataset.train_ann={case / 'train.json'}", f"dataset.train_images={case / 'images'}",
+                      f"dataset.val_ann={case / 'val.json'}", f"dataset.val_images={case / 'images'}", "al.rounds=0")
+    run = tmp_path / "run"
+    ActiveLearningLoop(cfg, run).run()
+    text = (run / "run.log").read_text()
+    assert "12 of 12 images carry an EXIF orientation tag" in text
+    assert "EXIF orientation tag" in text.splitlines()[0]

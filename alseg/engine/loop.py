@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import logging.handlers
 import re
 from collections import Counter
 from pathlib import Path
@@ -347,6 +348,18 @@ class ActiveLearningLoop:
 
     # ---------------------------------------------------------------- run
     def run(self) -> list[dict]:
+        """Run (or resume) every round; returns the round records. What is logged before the run
+        folder may be written (data checks: dropped images, skipped annotations, EXIF warnings) is
+        held in memory and goes to run.log once it is opened."""
+        early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+        logging.getLogger().addHandler(early)
+        try:
+            return self._run(early)
+        finally:
+            logging.getLogger().removeHandler(early)
+            early.close()
+
+    def _run(self, early: logging.handlers.MemoryHandler) -> list[dict]:
         config = OmegaConf.to_container(self.cfg, resolve=True)
         # All validation, and every read of the run folder, happens before the run folder is touched.
         data = self._build_data()
@@ -375,6 +388,9 @@ class ActiveLearningLoop:
         state["version"] = STATE_VERSION
         self._commit(state)
         log_file = self._log_handler()
+        early.setTarget(log_file)
+        early.flush()
+        logging.getLogger().removeHandler(early)
         try:
             log.info("run folder: %s", self.run_dir)
             if initial is not None:
