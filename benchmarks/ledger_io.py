@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alseg.annotation.ledger import Ledger  # noqa: E402
 from alseg.annotation.oracle import Label  # noqa: E402
-from alseg.engine.state import atomic_write_json  # noqa: E402
+from alseg.files import atomic_write_json  # noqa: E402
 
 
 def main() -> None:

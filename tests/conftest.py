@@ -55,3 +55,11 @@ def tiny_coco() -> Path:
     if not (TINY_COCO / "annotations" / "instances_train2017.json").is_file():
         pytest.skip(f"tiny_coco not found at {TINY_COCO}")
     return TINY_COCO
+
+
+def as_json(records) -> str:
+    """Records as JSON text, for equality that holds with NaN metrics (NaN != NaN as floats; an
+    empty size range gives NaN APs)."""
+    import json
+
+    return json.dumps(records, sort_keys=True)

@@ -28,7 +28,7 @@ from alseg.data.torch_dataset import read_image, to_tensor
 from alseg.errors import ConfigError
 from alseg.models.instance_inference import anchor_predictions, predict_instances
 from alseg.strategies.apis_core import bring_many_to_box, entropy_map
-from alseg.strategies.base import SelectionContext, Strategy
+from alseg.strategies.base import MODEL, POINT_SUPERVISION, SelectionContext, Strategy
 
 
 class AfisInitial(Strategy):
@@ -36,6 +36,7 @@ class AfisInitial(Strategy):
     seconds equal to APIS's P0 (box + one point per instance), the masks use the points' seconds."""
 
     name = "afis_initial"
+    needs = frozenset({POINT_SUPERVISION})  # box-only instances train no mask
 
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         insts = [(r.image_id, i.ann_id) for r in ctx.data.images for i in r.instances]
@@ -45,7 +46,7 @@ class AfisInitial(Strategy):
 
 class AfisMasks(Strategy):
     name = "afis"
-    needs = frozenset({"model"})
+    needs = frozenset({MODEL, POINT_SUPERVISION})
 
     def __init__(self, name: str | None = None, level: str = "instance", metric: str = "mean_entropy",
                  max_cells: int = 32):

@@ -29,13 +29,14 @@ from alseg.errors import ConfigError
 from alseg.models.instance_inference import anchor_predictions
 from alseg.strategies.apis_core import (bring_many_to_box, cell_centers, random_point_in_box, select_point,
                                         select_point_error)
-from alseg.strategies.base import SelectionContext, Strategy
+from alseg.strategies.base import ENSEMBLE, MODEL, POINT_SUPERVISION, SelectionContext, Strategy
 
 POINT_METRICS = ("entropy", "variance", "lowest_entropy", "random", "max_error", "least_error")
 
 
 class ApisInitialPoints(Strategy):
     name = "apis_initial"
+    needs = frozenset({POINT_SUPERVISION})  # box-only instances train no mask
 
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
         out = []
@@ -66,7 +67,8 @@ class ApisPoints(Strategy):
         self.max_cells = check.integer("max_cells", max_cells, 1)
         # null: the RoI heads' foreground threshold; a proposal matches an instance at IoU >= match_iou.
         self.match_iou = check.number("match_iou", match_iou, 0, 1, low_open=True, none=True)
-        self.needs = frozenset() if metric == "random" else frozenset({"model"})
+        self.needs = frozenset({POINT_SUPERVISION} if self.metric == "random" else
+                               {MODEL, POINT_SUPERVISION} | ({ENSEMBLE} if self.ensemble_size > 1 else set()))
 
     def _grid(self, box) -> tuple[int, int]:
         """The candidate grid over the box Omega: one cell per pixel, at most max_cells a side."""

@@ -17,7 +17,7 @@ from alseg.annotation.queries import Query, image_query
 from alseg import config_check as check
 from alseg.errors import ConfigError
 from alseg.models.mask_iou_head import true_image_scores
-from alseg.strategies.base import SelectionContext, Strategy
+from alseg.strategies.base import MASK_IOU_HEAD, MODEL, POOL_PREDICTIONS, SelectionContext, Strategy
 
 
 def closest_to_target(scores: dict[int, float], candidates: list[int], beta: float,
@@ -37,7 +37,7 @@ class IoUGuidedImages(Strategy):
         self.beta = check.number("beta", beta, 0, 1)
         self.oracle = check.boolean("oracle", oracle)
         self.score_threshold = check.number("score_threshold", score_threshold, 0, 1)
-        self.needs = frozenset({"model"} if oracle else {"pool_predictions"})
+        self.needs = frozenset({MODEL} if oracle else {POOL_PREDICTIONS, MASK_IOU_HEAD})
 
     def image_scores(self, ctx: SelectionContext) -> dict[int, float]:
         if self.oracle:

@@ -19,7 +19,7 @@ import torch
 
 from alseg.annotation.budget import Budget
 from alseg.annotation.queries import Query, image_query
-from alseg.engine.evaluate import predict
+from alseg.predictions import predict
 from alseg import config_check as check
 from alseg.errors import ConfigError
 from alseg.strategies.base import SelectionContext, Strategy

@@ -16,7 +16,7 @@ import numpy as np
 from alseg import config_check as check
 from alseg.annotation.budget import Budget
 from alseg.annotation.queries import Query, image_query
-from alseg.engine.pool_inference import PoolPredictions
+from alseg.predictions import PoolPredictions
 from alseg.errors import ConfigError
 from alseg.strategies import taudis_core as core
 from alseg.strategies.base import SelectionContext, Strategy

@@ -208,7 +208,7 @@ def visualize_run(run_dir: str | Path, round_index: int | None = None, num_image
                   min_side: int = 320) -> Path:
     """Draw ground truth | prediction for some images of a run's split; save the grid PNG; return its path."""
     from alseg.data.torch_dataset import read_image
-    from alseg.engine.evaluate import predict
+    from alseg.predictions import predict
 
     run_dir = Path(run_dir)
     cfg, data, model, k = load_run(run_dir, round_index, device)
