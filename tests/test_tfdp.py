@@ -521,5 +521,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):  # never overwrite the input
         cli_main(["--ann", str(ann_file), "--keep", "0.5", "--out", str(ann_file), "--scores", str(tmp_path / "s.csv")])
     assert "refusing" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as e:  # an output under a file: one line before any scoring
+        cli_main(["--ann", str(ann_file), "--keep", "0.5", "--out", str(a_file / "o.json"), "--scores",
+                  str(tmp_path / "s.csv"), "--no-cache", "--no-progress"])
+    out = capsys.readouterr()
+    assert e.value.code == 2 and f"{a_file}: cannot write" in out.err and out.err.count("\n") == 1
+    assert "scored" not in out.out
     assert cli_main(["--ann", str(ann_file), "--keep", "0.5"] + base) == 0
     assert json.loads((tmp_path / "o.json").read_text())["images"] == [img(1)]

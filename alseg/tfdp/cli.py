@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from alseg.errors import AlsegError, ConfigError
+from alseg.files import WriteError, make_dirs
 from alseg.tfdp.scoring import (
     CONTOURS,
     DEFAULT_VARIANT,
@@ -200,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{ann}: refusing to overwrite the input annotation file")
     if len(set(resolved)) != len(resolved):
         raise ConfigError("--out, --scores, --instance-scores, --plot-scores and --plot-examples must be different files")
+    for p in outputs:  # before scoring: an unwritable output is one line now, not after the work
+        if not os.access(make_dirs(p.parent), os.W_OK):
+            raise WriteError(f"{p.parent}: cannot write {p.name} (permission denied); choose a writable folder")
 
     t1 = time.perf_counter()
     data, result = score_file(
