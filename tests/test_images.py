@@ -336,7 +336,7 @@ def test_tfdp_example_plots_use_the_shared_reader(tmp_path, monkeypatch):
 
 
 def test_visualize_draws_images_in_the_frame_of_their_masks(tmp_path, monkeypatch):
-    import alseg.engine.evaluate as evaluate
+    import alseg.predictions as predictions
     import alseg.tools.visualize as vis
     from alseg.data.build import DataSplits
 
@@ -349,7 +349,7 @@ def test_visualize_draws_images_in_the_frame_of_their_masks(tmp_path, monkeypatc
             r = ds.by_id[i]
             yield i, np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), np.zeros((0, r.height, r.width), bool)
 
-    monkeypatch.setattr(evaluate, "predict", no_predictions)
+    monkeypatch.setattr(predictions, "predict", no_predictions)
     calls = _capture_draws(monkeypatch)
     out = vis.visualize_run(tmp_path, num_images=2, out=tmp_path / "grid.png")
     assert out.is_file()
