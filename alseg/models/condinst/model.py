@@ -1,0 +1,457 @@
+"""CondInst (Tian, Shen, Chen, "Conditional Convolutions for Instance Segmentation", ECCV 2020) as
+AdelaiDet builds it, with the call contract of torchvision's ``MaskRCNN``:
+
+    model.train(); model(images, targets) -> dict of losses
+    model.eval();  model(images) -> [{"boxes", "labels", "scores", "masks"}] per image
+
+``images`` are (3, H, W) float tensors in [0, 1]; targets carry ``boxes`` (G, 4) xyxy pixels,
+``labels`` (G,) int64 1..C, ``masks`` (G, H, W) uint8, and optionally ``has_mask`` (G,) bool and
+``points`` (Q, 4) rows (instance index, x, y, label 0/1) as ``alseg.data.torch_dataset`` makes
+them (see ``alseg.models.point_supervision``). torchvision's ``GeneralizedRCNNTransform``
+normalises, resizes (min_size / max_size) and batches (padding to a multiple of 32); its
+``postprocess`` maps boxes back to the image.
+
+Network: ResNet + FPN giving P3-P5 from C3-C5 and P6, P7 from P5 (torchvision's
+``LastLevelP6P7``), strides 8-128; the FCOS head shared over the levels with the controller (a
+3x3 conv on the box tower giving every location the parameters of a dynamic mask head); the
+mask branch (P3-P5 -> stride-8 mask features); per instance, the dynamic head on the mask features
+plus relative coordinates, its logits upsampled to stride 4.
+
+Training (losses ``loss_fcos_cls``, ``loss_fcos_loc``, ``loss_fcos_ctr``, ``loss_mask``): FCOS on
+every location; the mask loss on the positive locations of instances that have a mask label
+(``has_mask``; all instances when a target has ``masks`` and no ``has_mask``), at most
+``max_proposals`` random ones per image, each with its own dynamic head: dice loss of its stride-4
+probabilities against the instance's ground-truth mask sampled at stride 4. With
+``point_supervision``, positive locations of instances without a mask but with labeled points
+also train: their stride-4 logits are sampled at the instance's points (bilinear) with a BCE on
+those points only (APIS Sec. 4.1, PointSup's protocol). The two kinds mix as in
+``alseg.models.point_supervision``: with n_m locations of full-mask instances (mean dice L_m) and
+n_p of point-only ones (mean BCE over their (location, point) pairs L_p),
+loss_mask = (n_m L_m + n_p w L_p) / (n_m + n_p), w = ``point_loss_weight``. Instances with neither
+give no mask loss (box and class losses only).
+
+Inference: FCOS detections (threshold, per-level top-k, sqrt(cls x ctr), class-wise NMS); the
+dynamic head of each kept detection's location gives its mask probabilities at stride 4;
+``forward`` pastes them to the image (``aligned_bilinear`` x4, crop, bilinear resize).
+``predict_instances`` keeps them at stride 4 with the extras strategies need, and
+``positive_location_predictions`` gives, per ground-truth instance, the masks of its FCOS positive
+locations (APIS's "multiple anchors" set on CondInst).
+
+Differences from AdelaiDet: the center-sampling region is centred on the box centre (AdelaiDet
+uses the mask's centre of mass when masks are loaded; point-labeled instances have no mask);
+``max_proposals`` applies per image to supervised locations (AdelaiDet: per GPU batch, to all
+positives); instances without a mask label give no mask loss (AdelaiDet has no such instances);
+boxes are clipped to the image after NMS, as AdelaiDet's postprocess does, and empty ones dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import boxes as box_ops
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from alseg.errors import ConfigError
+from alseg.models.condinst.fcos import FCOSHead, fcos_detections, fcos_losses, fcos_targets, size_ranges
+from alseg.models.condinst.layers import aligned_bilinear, compute_locations, dice_loss
+from alseg.models.condinst.mask import DynamicMaskHead, MaskBranch, point_bce_terms
+from alseg.models.maskrcnn import _norm_layer, build_backbone, load_checkpoint
+from alseg.models.point_supervision import PointAwareTransform
+
+__all__ = ["CondInst", "Features", "build_condinst", "mask_frame"]
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)  # torchvision's detection models' defaults
+IMAGE_STD = (0.229, 0.224, 0.225)
+STRIDES = (8, 16, 32, 64, 128)
+MASK_STRIDE = 8  # the mask branch's output: P3
+
+
+class Features(NamedTuple):
+    """One forward pass of the network on a batch, flattened over levels (L locations per image,
+    level-major, row-major within a level)."""
+
+    cls: Tensor  # (N, L, C) class logits
+    reg: Tensor  # (N, L, 4) l, t, r, b / stride
+    ctr: Tensor  # (N, L) centerness logits
+    params: Tensor  # (N, L, P) dynamic-head parameters
+    towers: Tensor | None  # (N, L, D) box-tower features (eval only)
+    locations: Tensor  # (L, 2) x, y input-frame pixels
+    levels: Tensor  # (L,) int64 level index 0..4 (P3..P7)
+    mask_feats: Tensor  # (N, mask_channels, Hp / 8, Wp / 8)
+    p3: Tensor  # (N, D, Hp / 8, Wp / 8)
+
+
+def mask_frame(resized_size: Sequence[int], original_size: Sequence[int], map_size: Sequence[int], stride: int
+               ) -> Tensor:
+    """(4,) xyxy box, in the original image frame, that a stride-``stride`` mask map of
+    ``map_size`` (h, w) covers in the convention of ``roi_align(aligned=False)`` used by
+    ``alseg.strategies.apis_core.bring_many_to_box``: cell c is centred at x1 + (c + 0.5) (x2 -
+    x1) / w. Cell c is input-frame pixel stride c + stride // 2 (continuous centre + 0.5), so the
+    box is [o, o + stride w] with o = stride // 2 + 0.5 - stride / 2 in the resized frame, then
+    scaled to the original image."""
+    h, w = map_size
+    o = stride // 2 + 0.5 - stride / 2
+    box = torch.tensor([[o, o, o + stride * w, o + stride * h]], dtype=torch.float32)
+    return resize_boxes(box, list(resized_size), list(original_size))[0]
+
+
+class CondInst(nn.Module):
+    """CondInst; see the module docstring. Built by ``build_condinst``."""
+
+    def __init__(self, backbone: nn.Module, head: FCOSHead, mask_branch: MaskBranch, mask_head: DynamicMaskHead,
+                 transform: PointAwareTransform, num_classes: int, sizes_of_interest: Sequence[float],
+                 center_sample_radius: float = 1.5, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 max_proposals: int = 500, score_thresh: float = 0.05, pre_nms_top_n: int = 1000,
+                 nms_thresh: float = 0.6, detections_per_img: int = 100, point_supervision: bool = False,
+                 point_loss_weight: float = 1.0):
+        super().__init__()
+        self.backbone, self.head, self.mask_branch, self.mask_head = backbone, head, mask_branch, mask_head
+        self.transform = transform
+        self.num_classes = num_classes
+        self.strides = STRIDES
+        self.ranges = size_ranges(sizes_of_interest)
+        self.center_sample_radius = center_sample_radius
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.max_proposals = max_proposals
+        self.score_thresh, self.pre_nms_top_n = score_thresh, pre_nms_top_n
+        self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
+        self.point_supervision, self.point_loss_weight = point_supervision, point_loss_weight
+
+    # ------------------------------------------------------------------ network
+    def features(self, x: Tensor, keep_towers: bool = False) -> Features:
+        """The network on a padded, normalised batch (N, 3, Hp, Wp)."""
+        levels = list(self.backbone(x).values())
+        cls, reg, ctr, params, towers = self.head(levels)
+        mask_feats = self.mask_branch(levels[:3])
+        n = x.shape[0]
+
+        def flat(ts):
+            return torch.cat([t.permute(0, 2, 3, 1).reshape(n, -1, t.shape[1]) for t in ts], dim=1)
+
+        locs, lids = [], []
+        for i, (t, s) in enumerate(zip(cls, self.strides)):
+            loc = compute_locations(t.shape[-2], t.shape[-1], s, x.device)
+            locs.append(loc)
+            lids.append(torch.full((loc.shape[0],), i, dtype=torch.long, device=x.device))
+        return Features(flat(cls), flat(reg), flat(ctr)[..., 0], flat(params), flat(towers) if keep_towers else None,
+                        torch.cat(locs), torch.cat(lids), mask_feats, levels[0])
+
+    def _stride_of(self, levels: Tensor) -> Tensor:
+        return torch.as_tensor(self.strides, dtype=torch.float32, device=levels.device)[levels]
+
+    def _mask_probs(self, f: Features, im_inds: Tensor, index: Tensor) -> Tensor:
+        """Stride-``out_stride`` mask probabilities (n, Hp / s, Wp / s) of locations ``index`` of
+        images ``im_inds``, each with its own dynamic head."""
+        logits = self.mask_head.mask_logits(f.mask_feats, MASK_STRIDE, f.params[im_inds, index], f.locations[index],
+                                            f.levels[index], im_inds)
+        return logits[:, 0].float().sigmoid()
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("targets should not be None in training")
+            for t in targets:
+                if t["boxes"].dtype not in (torch.float, torch.double, torch.half):
+                    raise TypeError(f"target boxes must be of float type, got {t['boxes'].dtype}")
+                if t["labels"].dtype != torch.int64:
+                    raise TypeError(f"target labels must be of int64 type, got {t['labels'].dtype}")
+            image_list, targets = self.transform(images, targets)
+            return self._losses(self.features(image_list.tensors), image_list, targets)
+        records, image_list, original = self._infer(images)
+        out = []
+        for rec, size, orig in zip(records, image_list.image_sizes, original):
+            masks = self._paste(rec["mask_probs"], size, orig)
+            out.append({"boxes": rec["boxes"], "labels": rec["labels"], "scores": rec["scores"], "masks": masks})
+        return out
+
+    def _paste(self, probs: Tensor, size: Sequence[int], original: Sequence[int]) -> Tensor:
+        """(n, h4, w4) stride-4 probabilities (cropped to the resized image) -> (n, 1, H, W)."""
+        s = self.mask_head.out_stride
+        if probs.shape[0] == 0:
+            return probs.new_zeros((0, 1, *original))
+        m = aligned_bilinear(probs[:, None], s)[:, :, : size[0], : size[1]]
+        return F.interpolate(m, size=tuple(original), mode="bilinear", align_corners=False).clamp_(0, 1)
+
+    # ------------------------------------------------------------------ training
+    def _losses(self, f: Features, image_list, targets: list[dict]) -> dict[str, Tensor]:
+        stride = self._stride_of(f.levels)
+        gt_inds, labels, reg_t = [], [], []
+        for t in targets:
+            g, r = fcos_targets(f.locations, f.levels, self.strides, self.ranges, t["boxes"],
+                                self.center_sample_radius)
+            lab = t["labels"].to(g.device)
+            gt_inds.append(g)
+            labels.append(torch.where(g >= 0, lab[g.clamp(min=0)] if lab.numel() else g.clamp(min=0), 0))
+            reg_t.append(r / stride[:, None])
+        n, L, C = f.cls.shape
+        losses = fcos_losses(f.cls.reshape(-1, C), f.reg.reshape(-1, 4), f.ctr.reshape(-1), torch.cat(labels),
+                             torch.cat(reg_t), self.focal_alpha, self.focal_gamma)
+        losses["loss_mask"] = self._mask_loss(f, image_list, targets, gt_inds)
+        return losses
+
+    def _mask_loss(self, f: Features, image_list, targets: list[dict], gt_inds: list[Tensor]) -> Tensor:
+        dev = f.params.device
+        s = self.mask_head.out_stride
+        hp, wp = image_list.tensors.shape[-2:]
+        im_inds, index, gts, is_full = [], [], [], []
+        for i, (t, g_all) in enumerate(zip(targets, gt_inds)):
+            pos = torch.nonzero(g_all >= 0).squeeze(1)
+            g = g_all[pos]
+            n_inst = t["boxes"].shape[0]
+            if "has_mask" in t:
+                has_mask = t["has_mask"].to(dev).bool().reshape(-1)
+            else:
+                has_mask = torch.full((n_inst,), "masks" in t, dtype=torch.bool, device=dev)
+            full = has_mask[g]
+            use = full.clone()
+            if self.point_supervision and t.get("points") is not None and t["points"].numel():
+                with_points = torch.zeros(n_inst, dtype=torch.bool, device=dev)
+                with_points[t["points"][:, 0].round().long().to(dev)] = True
+                use |= ~has_mask[g] & with_points[g]
+            sel = torch.nonzero(use).squeeze(1)
+            if 0 <= self.max_proposals < sel.numel():
+                sel = sel[torch.randperm(sel.numel(), device=dev)[: self.max_proposals]]
+            im_inds.append(torch.full((sel.numel(),), i, dtype=torch.long, device=dev))
+            index.append(pos[sel])
+            gts.append(g[sel])
+            is_full.append(full[sel])
+        im_inds, index, gts, is_full = torch.cat(im_inds), torch.cat(index), torch.cat(gts), torch.cat(is_full)
+        zero = f.mask_feats.sum() * 0 + f.params.sum() * 0
+        if index.numel() == 0:
+            return zero
+        logits = self.mask_head.mask_logits(f.mask_feats, MASK_STRIDE, f.params[im_inds, index], f.locations[index],
+                                            f.levels[index], im_inds)[:, 0]
+        loss, weight = zero, 0
+        rows_full = torch.nonzero(is_full).squeeze(1)
+        if rows_full.numel():
+            # Each image's masks padded and sampled once; then one row per supervised location.
+            bitmasks = [self._gt_bitmasks(t["masks"], hp, wp, s).to(dev) if "masks" in t else None for t in targets]
+            first = torch.cumsum(torch.tensor([0] + [0 if b is None else b.shape[0] for b in bitmasks[:-1]],
+                                              device=dev), 0)
+            stacked = torch.cat([b for b in bitmasks if b is not None])
+            gt = stacked[first[im_inds[rows_full]] + gts[rows_full]]
+            d = dice_loss(logits[rows_full].float().sigmoid(), gt)
+            loss = loss + d.sum()
+            weight += int(rows_full.numel())
+        rows_pt = torch.nonzero(~is_full).squeeze(1)
+        if rows_pt.numel():
+            # (location, point) pairs: every labeled point of the location's instance.
+            pts = [t["points"].to(dev).float().reshape(-1, 4) if t.get("points") is not None
+                   else torch.zeros((0, 4), device=dev) for t in targets]
+            p_img = torch.cat([torch.full((p.shape[0],), i, dtype=torch.long, device=dev) for i, p in enumerate(pts)])
+            pts = torch.cat(pts)
+            eq = (im_inds[rows_pt, None] == p_img[None]) & (gts[rows_pt, None] == pts[None, :, 0].round().long())
+            k, q = torch.nonzero(eq, as_tuple=True)
+            total, n_pairs = point_bce_terms(logits, s, pts[q, 1:4], rows_pt[k])
+            if n_pairs:
+                loss = loss + rows_pt.numel() * self.point_loss_weight * (total / n_pairs)
+                weight += int(rows_pt.numel())
+        return loss / weight if weight else zero
+
+    @staticmethod
+    def _gt_bitmasks(masks: Tensor, hp: int, wp: int, s: int) -> Tensor:
+        """Resized masks (G, h, w) padded to (hp, wp) and sampled at stride s from pixel s // 2
+        (AdelaiDet's ``add_bitmasks``): (G, hp / s, wp / s) float32."""
+        h, w = masks.shape[-2:]
+        return F.pad(masks.float(), (0, wp - w, 0, hp - h))[:, s // 2 :: s, s // 2 :: s]
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def _infer(self, images: list[Tensor], keep_towers: bool = False):
+        original = [tuple(im.shape[-2:]) for im in images]
+        image_list, _ = self.transform(images)
+        f = self.features(image_list.tensors, keep_towers=keep_towers)
+        dets = []
+        for i, size in enumerate(image_list.image_sizes):
+            d = fcos_detections(f.cls[i], f.reg[i], f.ctr[i], f.locations, f.levels, self.strides, len(self.strides),
+                                self.score_thresh, self.pre_nms_top_n, self.nms_thresh, self.detections_per_img)
+            d["boxes"] = box_ops.clip_boxes_to_image(d["boxes"], tuple(size))
+            wh = d["boxes"][:, 2:] - d["boxes"][:, :2]
+            keep = (wh > 0).all(dim=1)
+            dets.append({k: v[keep] for k, v in d.items()})
+        im_inds = torch.cat([torch.full((len(d["index"]),), i, dtype=torch.long, device=f.params.device)
+                             for i, d in enumerate(dets)])
+        index = torch.cat([d["index"] for d in dets])
+        probs = self._mask_probs(f, im_inds, index).split([len(d["index"]) for d in dets])
+        s = self.mask_head.out_stride
+        records = []
+        for i, (d, p, size) in enumerate(zip(dets, probs, image_list.image_sizes)):
+            h4, w4 = math.ceil(size[0] / s), math.ceil(size[1] / s)
+            idx = d["index"]
+            rec = {"boxes_input": d["boxes"], "scores": d["scores"], "labels": d["labels"], "index": idx,
+                   "mask_probs": p[:, :h4, :w4], "locations": f.locations[idx], "levels": f.levels[idx],
+                   "class_scores": f.cls[i, idx].float().sigmoid(), "centerness": f.ctr[i, idx].float().sigmoid()}
+            if keep_towers:
+                rec["embeddings"] = f.towers[i, idx].float()
+                rec["image_embedding"] = f.p3[i].float().mean(dim=(1, 2))
+            records.append(rec)
+        post = self.transform.postprocess([{"boxes": r["boxes_input"]} for r in records], image_list.image_sizes,
+                                          original)
+        for r, p in zip(records, post):
+            r["boxes"] = p["boxes"]
+        return records, image_list, original
+
+    @torch.no_grad()
+    def predict_instances(self, images: list[Tensor], paste_masks: bool = False) -> list[dict]:
+        """Per image, the detections of ``model(images)`` (eval mode) with what strategies need:
+
+        - boxes (n, 4) float32 xyxy, original image frame; scores (n,); labels (n,) int64 1..C;
+        - class_scores (n, C): sigmoid class scores at the detection's location (independent per
+          class; no background column); centerness (n,): its sigmoid centerness;
+          class_probs (n, C + 1): a distribution made from them, column 0 background
+          = prod_c (1 - s_c), column c = s_c / sum(s) x (1 - prod_c (1 - s_c));
+        - mask_probs (n, h4, w4) float32: the detection's mask probabilities at stride 4 in the
+          resized input frame, cropped to the resized image (h4 = ceil(h / 4)); cell (r, c) is
+          input-frame pixel (4 r + 2, 4 c + 2); ``mask_frame`` (4,): the original-frame box these
+          maps cover (``mask_frame()``), the same for every detection of the image;
+        - locations (n, 2) x, y input-frame pixels of the location that gave the detection; levels
+          (n,) int64 its FPN level (0..4: P3..P7); boxes_input (n, 4) the box in the input frame;
+        - embeddings (n, D) float32: the box-tower feature at that location (D = FPN channels; the
+          feature the controller and the box regression read; no pooling);
+        - image_embedding (D,): P3 averaged over the image;
+        - with ``paste_masks``, masks (n, 1, H, W) as ``model(images)`` returns them.
+        """
+        self.eval()
+        records, image_list, original = self._infer(images, keep_towers=True)
+        s = self.mask_head.out_stride
+        for r, size, orig in zip(records, image_list.image_sizes, original):
+            sc = r["class_scores"]
+            bg = (1 - sc).prod(dim=1, keepdim=True)
+            fg = sc / sc.sum(dim=1, keepdim=True).clamp(min=1e-12) * (1 - bg)
+            r["class_probs"] = torch.cat([bg, fg], dim=1)
+            r["mask_frame"] = mask_frame(size, orig, r["mask_probs"].shape[-2:], s).to(sc.device)
+            if paste_masks:
+                r["masks"] = self._paste(r["mask_probs"], size, orig)
+        return records
+
+    @torch.no_grad()
+    def positive_location_predictions(self, image: Tensor, gt_boxes: Tensor, gt_labels: Tensor | None = None,
+                                      with_locations: bool = False) -> list[tuple]:
+        """APIS's "multiple anchors" prediction set on CondInst (Sec. 3.2 (a)): for each
+        ground-truth instance of ``image`` (3, H, W), the FCOS positive locations training would
+        assign to it (``fcos_targets``: center sampling, size ranges, smallest area), each with the
+        mask probabilities of its own dynamic head.
+
+        Returns per instance (mask_probs (K, h4, w4) float32 at stride 4 over the resized image as
+        in ``predict_instances``, frames (K, 4): the original-frame box each map covers, in the
+        convention of ``alseg.strategies.apis_core.bring_many_to_box``); with ``with_locations``
+        also locations (K, 2) in the original frame and levels (K,). K = 0 when no location is
+        positive for the instance. ``gt_labels`` is not used (CondInst masks are class-agnostic)."""
+        self.eval()
+        original = tuple(image.shape[-2:])
+        image_list, _ = self.transform([image])
+        size = image_list.image_sizes[0]
+        f = self.features(image_list.tensors)
+        boxes = resize_boxes(gt_boxes.to(f.locations).reshape(-1, 4), list(original), list(size))
+        g_all, _ = fcos_targets(f.locations, f.levels, self.strides, self.ranges, boxes, self.center_sample_radius)
+        s = self.mask_head.out_stride
+        h4, w4 = math.ceil(size[0] / s), math.ceil(size[1] / s)
+        frame = mask_frame(size, original, (h4, w4), s).to(f.locations.device)
+        ratio = f.locations.new_tensor([original[1] / size[1], original[0] / size[0]])
+        out = []
+        for g in range(boxes.shape[0]):
+            idx = torch.nonzero(g_all == g).squeeze(1)
+            probs = self._mask_probs(f, torch.zeros_like(idx), idx)[:, :h4, :w4]
+            item = (probs, frame[None].expand(idx.numel(), 4).clone())
+            if with_locations:
+                item = item + (f.locations[idx] * ratio, f.levels[idx])
+            out.append(item)
+        return out
+
+    def anchor_predictions(self, image: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou_threshold=None):
+        """``alseg.models.instance_inference.anchor_predictions``'s hook: the positive-location
+        set of ``positive_location_predictions`` (``iou_threshold`` does not apply to CondInst)."""
+        return self.positive_location_predictions(image, gt_boxes, gt_labels)
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"model.{key}: {msg}")
+
+
+def build_condinst(
+    num_classes: int,
+    backbone: str = "resnet18",
+    fpn_channels: int = 64,
+    norm: str = "bn",
+    trainable_layers: int = 5,
+    backbone_weights: str | None = None,
+    checkpoint: str | None = None,
+    min_size: int | Sequence[int] = 128,
+    max_size: int = 128,
+    head_convs: int = 4,
+    head_norm: str = "gn",
+    prior_prob: float = 0.01,
+    sizes_of_interest: Sequence[float] = (64, 128, 256, 512),
+    center_sample_radius: float = 1.5,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+    mask_branch_channels: int = 128,
+    mask_branch_convs: int = 4,
+    mask_branch_norm: str = "bn",
+    mask_channels: int = 8,
+    dynamic_channels: int = 8,
+    dynamic_layers: int = 3,
+    mask_out_stride: int = 4,
+    max_proposals: int = 500,
+    score_thresh: float = 0.05,
+    pre_nms_top_n: int = 1000,
+    nms_thresh: float = 0.6,
+    detections_per_img: int = 100,
+    point_supervision: bool = False,
+    point_loss_weight: float = 1.0,
+) -> CondInst:
+    """A ``CondInst`` whose every size is a config value (the Hydra ``_target_`` of
+    configs/model/condinst_*.yaml). Defaults not named in a config are AdelaiDet's.
+
+    backbone, norm, trainable_layers, backbone_weights: the ResNet as in
+    ``alseg.models.maskrcnn.build_backbone`` (C3-C5 returned; FPN of ``fpn_channels`` with P6/P7
+    from P5). sizes_of_interest: the 4 thresholds (pixels of max(l, t, r, b) in the input frame)
+    splitting locations between P3..P7 (``fcos.size_ranges``); the relative coordinates of level
+    k are divided by sizes_of_interest[k] (the last level: twice the last threshold), as in
+    AdelaiDet. max_proposals: supervised positive locations per image in the mask loss (-1: all).
+    checkpoint: a state dict file (``alseg.models.maskrcnn.load_checkpoint``). Raises
+    ConfigError naming the key for an invalid value.
+    """
+    _check(num_classes >= 1, "num_classes", f"must be >= 1, got {num_classes}")
+    soi = [float(v) for v in sizes_of_interest]
+    _check(len(soi) == len(STRIDES) - 1 and all(v > 0 for v in soi) and soi == sorted(soi) and len(set(soi)) == len(soi),
+           "sizes_of_interest", f"needs {len(STRIDES) - 1} increasing positive thresholds (P3..P7), got {list(sizes_of_interest)}")
+    _check(center_sample_radius >= 0, "center_sample_radius", f"must be >= 0 (0: no center sampling), got {center_sample_radius}")
+    _check(mask_out_stride in (1, 2, 4, 8), "mask_out_stride", f"must be 1, 2, 4 or 8, got {mask_out_stride}")
+    for key, value in (("head_convs", head_convs), ("mask_branch_convs", mask_branch_convs)):
+        _check(value >= 0, key, f"must be >= 0, got {value}")
+    for key, value in (("fpn_channels", fpn_channels), ("mask_branch_channels", mask_branch_channels),
+                       ("mask_channels", mask_channels), ("dynamic_channels", dynamic_channels),
+                       ("dynamic_layers", dynamic_layers), ("pre_nms_top_n", pre_nms_top_n),
+                       ("detections_per_img", detections_per_img)):
+        _check(value >= 1, key, f"must be >= 1, got {value}")
+    _check(max_proposals == -1 or max_proposals >= 1, "max_proposals", f"must be >= 1 or -1 (all), got {max_proposals}")
+    _check(0 < prior_prob < 1, "prior_prob", f"must be in (0, 1), got {prior_prob}")
+    _check(0 <= score_thresh < 1, "score_thresh", f"must be in [0, 1), got {score_thresh}")
+    _check(0 < nms_thresh <= 1, "nms_thresh", f"must be in (0, 1], got {nms_thresh}")
+    _check(point_loss_weight > 0, "point_loss_weight", f"must be > 0, got {point_loss_weight}")
+    head_norm_layer = None if head_norm in (None, "none") else _norm_layer(head_norm)
+    branch_norm_layer = None if mask_branch_norm in (None, "none") else _norm_layer(mask_branch_norm)
+
+    body = build_backbone(backbone, fpn_channels, (2, 3, 4), norm, trainable_layers, backbone_weights)
+    body.fpn.extra_blocks = LastLevelP6P7(fpn_channels, fpn_channels)  # P6, P7 from P5 (FCOS)
+    mask_head = DynamicMaskHead(mask_channels, dynamic_channels, dynamic_layers, mask_out_stride,
+                                rel_coord_norms=[*soi, soi[-1] * 2])
+    head = FCOSHead(fpn_channels, num_classes, len(STRIDES), mask_head.num_params, head_convs, head_norm_layer,
+                    prior_prob)
+    branch = MaskBranch(fpn_channels, mask_branch_channels, mask_branch_convs, mask_channels, branch_norm_layer)
+    transform = PointAwareTransform(tuple(min_size) if isinstance(min_size, (list, tuple)) else int(min_size),
+                                    int(max_size), list(IMAGE_MEAN), list(IMAGE_STD))
+    model = CondInst(body, head, branch, mask_head, transform, num_classes, soi, center_sample_radius, focal_alpha,
+                     focal_gamma, max_proposals, score_thresh, pre_nms_top_n, nms_thresh, detections_per_img,
+                     bool(point_supervision), float(point_loss_weight))
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model
