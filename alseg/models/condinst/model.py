@@ -67,8 +67,8 @@ __all__ = ["CondInst", "Features", "build_condinst", "mask_frame"]
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # torchvision's detection models' defaults
 IMAGE_STD = (0.229, 0.224, 0.225)
-STRIDES = (8, 16, 32, 64, 128)
-MASK_STRIDE = 8  # the mask branch's output: P3
+STRIDES = (8, 16, 32, 64, 128)  # P3..P7: the FCOS levels
+LEVEL_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}  # what the mask branch may read
 
 
 class Features(NamedTuple):
@@ -82,7 +82,7 @@ class Features(NamedTuple):
     towers: Tensor | None  # (N, L, D) box-tower features (eval only)
     locations: Tensor  # (L, 2) x, y input-frame pixels
     levels: Tensor  # (L,) int64 level index 0..4 (P3..P7)
-    mask_feats: Tensor  # (N, mask_channels, Hp / 8, Wp / 8)
+    mask_feats: Tensor  # (N, mask_channels, Hp / s, Wp / s), s = the mask branch's stride
     p3: Tensor  # (N, D, Hp / 8, Wp / 8)
 
 
@@ -108,8 +108,10 @@ class CondInst(nn.Module):
                  center_sample_radius: float = 1.5, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  max_proposals: int = 500, score_thresh: float = 0.05, pre_nms_top_n: int = 1000,
                  nms_thresh: float = 0.6, detections_per_img: int = 100, point_supervision: bool = False,
-                 point_loss_weight: float = 1.0):
+                 point_loss_weight: float = 1.0, mask_branch_in_features: Sequence[str] = ("p3", "p4", "p5")):
         super().__init__()
+        self.mask_in = list(mask_branch_in_features)
+        self.mask_stride = LEVEL_STRIDES[self.mask_in[0]]  # the mask features' stride
         self.backbone, self.head, self.mask_branch, self.mask_head = backbone, head, mask_branch, mask_head
         self.transform = transform
         self.num_classes = num_classes
@@ -126,8 +128,12 @@ class CondInst(nn.Module):
     def features(self, x: Tensor, keep_towers: bool = False) -> Features:
         """The network on a padded, normalised batch (N, 3, Hp, Wp)."""
         levels = list(self.backbone(x).values())
+        named = {}
+        if len(levels) == len(STRIDES) + 1:  # the backbone also returns P2 (mask branch only)
+            named["p2"] = levels.pop(0)
+        named.update(zip(("p3", "p4", "p5"), levels[:3]))
         cls, reg, ctr, params, towers = self.head(levels)
-        mask_feats = self.mask_branch(levels[:3])
+        mask_feats = self.mask_branch([named[k] for k in self.mask_in])
         n = x.shape[0]
 
         def flat(ts):
@@ -147,7 +153,7 @@ class CondInst(nn.Module):
     def _mask_probs(self, f: Features, im_inds: Tensor, index: Tensor) -> Tensor:
         """Stride-``out_stride`` mask probabilities (n, Hp / s, Wp / s) of locations ``index`` of
         images ``im_inds``, each with its own dynamic head."""
-        logits = self.mask_head.mask_logits(f.mask_feats, MASK_STRIDE, f.params[im_inds, index], f.locations[index],
+        logits = self.mask_head.mask_logits(f.mask_feats, self.mask_stride, f.params[im_inds, index], f.locations[index],
                                             f.levels[index], im_inds)
         return logits[:, 0].float().sigmoid()
 
@@ -225,7 +231,7 @@ class CondInst(nn.Module):
         zero = f.mask_feats.sum() * 0 + f.params.sum() * 0
         if index.numel() == 0:
             return zero
-        logits = self.mask_head.mask_logits(f.mask_feats, MASK_STRIDE, f.params[im_inds, index], f.locations[index],
+        logits = self.mask_head.mask_logits(f.mask_feats, self.mask_stride, f.params[im_inds, index], f.locations[index],
                                             f.levels[index], im_inds)[:, 0]
         loss, weight = zero, 0
         rows_full = torch.nonzero(is_full).squeeze(1)
@@ -406,6 +412,7 @@ def build_condinst(
     detections_per_img: int = 100,
     point_supervision: bool = False,
     point_loss_weight: float = 1.0,
+    mask_branch_in_features: Sequence[str] = ("p3", "p4", "p5"),
 ) -> CondInst:
     """A ``CondInst`` whose every size is a config value (the Hydra ``_target_`` of
     configs/model/condinst_*.yaml). Defaults not named in a config are AdelaiDet's.
@@ -416,7 +423,9 @@ def build_condinst(
     splitting locations between P3..P7 (``fcos.size_ranges``); the relative coordinates of level
     k are divided by sizes_of_interest[k] (the last level: twice the last threshold), as in
     AdelaiDet. max_proposals: supervised positive locations per image in the mask loss (-1: all).
-    checkpoint: a state dict file (``alseg.models.maskrcnn.load_checkpoint``). Raises
+    mask_branch_in_features: the FPN levels the mask branch sums, finest first (its stride is the
+    mask features' stride; AdelaiDet's MASK_BRANCH.IN_FEATURES, [p3, p4, p5]); "p2" adds C2 to the
+    FPN for it (FCOS still runs on P3-P7). checkpoint: a state dict file (``alseg.models.maskrcnn.load_checkpoint``). Raises
     ConfigError naming the key for an invalid value.
     """
     _check(num_classes >= 1, "num_classes", f"must be >= 1, got {num_classes}")
@@ -437,21 +446,29 @@ def build_condinst(
     _check(0 <= score_thresh < 1, "score_thresh", f"must be in [0, 1), got {score_thresh}")
     _check(0 < nms_thresh <= 1, "nms_thresh", f"must be in (0, 1], got {nms_thresh}")
     _check(point_loss_weight > 0, "point_loss_weight", f"must be > 0, got {point_loss_weight}")
+    mask_in = [str(v) for v in mask_branch_in_features]
+    _check(bool(mask_in) and all(v in LEVEL_STRIDES for v in mask_in) and len(set(mask_in)) == len(mask_in)
+           and [LEVEL_STRIDES[v] for v in mask_in] == sorted(LEVEL_STRIDES[v] for v in mask_in),
+           "mask_branch_in_features", f"needs distinct levels of {sorted(LEVEL_STRIDES)}, finest first, got {mask_in}")
+    _check(LEVEL_STRIDES[mask_in[0]] % mask_out_stride == 0, "mask_out_stride",
+           f"must divide the mask branch's stride {LEVEL_STRIDES[mask_in[0]]} ({mask_in[0]}), got {mask_out_stride}")
     head_norm_layer = None if head_norm in (None, "none") else _norm_layer(head_norm)
     branch_norm_layer = None if mask_branch_norm in (None, "none") else _norm_layer(mask_branch_norm)
 
-    body = build_backbone(backbone, fpn_channels, (2, 3, 4), norm, trainable_layers, backbone_weights)
+    returned = (1, 2, 3, 4) if "p2" in mask_in else (2, 3, 4)
+    body = build_backbone(backbone, fpn_channels, returned, norm, trainable_layers, backbone_weights)
     body.fpn.extra_blocks = LastLevelP6P7(fpn_channels, fpn_channels)  # P6, P7 from P5 (FCOS)
     mask_head = DynamicMaskHead(mask_channels, dynamic_channels, dynamic_layers, mask_out_stride,
                                 rel_coord_norms=[*soi, soi[-1] * 2])
     head = FCOSHead(fpn_channels, num_classes, len(STRIDES), mask_head.num_params, head_convs, head_norm_layer,
                     prior_prob)
-    branch = MaskBranch(fpn_channels, mask_branch_channels, mask_branch_convs, mask_channels, branch_norm_layer)
+    branch = MaskBranch(fpn_channels, mask_branch_channels, mask_branch_convs, mask_channels, branch_norm_layer,
+                        num_inputs=len(mask_in))
     transform = PointAwareTransform(tuple(min_size) if isinstance(min_size, (list, tuple)) else int(min_size),
                                     int(max_size), list(IMAGE_MEAN), list(IMAGE_STD))
     model = CondInst(body, head, branch, mask_head, transform, num_classes, soi, center_sample_radius, focal_alpha,
                      focal_gamma, max_proposals, score_thresh, pre_nms_top_n, nms_thresh, detections_per_img,
-                     bool(point_supervision), float(point_loss_weight))
+                     bool(point_supervision), float(point_loss_weight), mask_in)
     if checkpoint:
         load_checkpoint(model, checkpoint)
     return model
