@@ -346,6 +346,22 @@ def test_forward_train_and_eval_contract():
     assert m.anchor_predictions(img, _target()["boxes"], _target()["labels"])[0][0].shape == sets[0][0].shape
 
 
+def test_mask_branch_on_p2_and_finer_mask_output():
+    """mask_branch_in_features starting at P2 gives stride-4 mask features (C2 joins the FPN; FCOS
+    keeps P3-P7); mask_out_stride 2 upsamples the dynamic heads' logits x2 from there."""
+    torch.manual_seed(0)
+    m = tiny(mask_branch_in_features=["p2", "p3", "p4", "p5"], mask_out_stride=2, score_thresh=0.0)
+    f = m.features(torch.zeros(1, 3, 64, 64))
+    assert m.mask_stride == 4 and f.mask_feats.shape[-2:] == (16, 16)
+    assert [int((f.levels == k).sum()) for k in range(5)] == [64, 16, 4, 1, 1]  # P3..P7 at 64 px
+    m.train()
+    losses = m([torch.rand(3, 64, 64)], [_target(64, 64)])
+    assert losses["loss_mask"].item() > 0
+    rec = m.predict_instances([torch.rand(3, 64, 64)])[0]
+    assert rec["mask_probs"].shape[1:] == (32, 32)
+    assert rec["mask_frame"].tolist() == [0.5, 0.5, 64.5, 64.5]  # stride 2: cell c at pixel 2 c + 1
+
+
 def test_mask_frame_matches_the_pasted_masks():
     """A stride-4 map read through ``mask_frame`` by APIS's box resampling gives the pasted values."""
     from alseg.strategies.apis_core import bring_many_to_box
@@ -395,6 +411,10 @@ def test_checkpoint_round_trip(tmp_path):
     ({"head_norm": "ln"}, "model.norm: unknown norm"),
     ({"backbone": "vgg"}, "model.backbone: unknown backbone"),
     ({"backbone_weights": "NOPE"}, "model.backbone_weights: unknown weights"),
+    ({"mask_branch_in_features": ["p4", "p3"]}, "model.mask_branch_in_features"),
+    ({"mask_branch_in_features": ["p3", "p6"]}, "model.mask_branch_in_features"),
+    ({"mask_branch_in_features": []}, "model.mask_branch_in_features"),
+    ({"mask_branch_in_features": ["p2", "p3"], "mask_out_stride": 8}, "model.mask_out_stride: must divide"),
 ])
 def test_bad_config_values_are_one_line_config_errors(kw, key):
     args = {"num_classes": 2, **kw}
@@ -413,10 +433,11 @@ def test_configs_build_through_hydra():
         r50 = compose("config", overrides=["model=condinst_r50", "model.backbone_weights=null"]).model
     m = build(small, "model", num_classes=4)
     assert m.point_supervision and m.point_loss_weight == 0.1 and m.head.controller.out_channels == 169
-    assert m.transform.min_size == (128,) and m.mask_head.rel_coord_norms.tolist() == [16, 32, 64, 128, 256]
+    assert m.transform.min_size == (128,) and m.mask_head.rel_coord_norms.tolist() == [32, 64, 128, 256, 512]
+    assert m.mask_stride == 4 and m.mask_head.out_stride == 4
     big = build(r50, "model", num_classes=80)
     assert big.head.cls_logits.in_channels == 256 and big.mask_branch.refine[0][0].out_channels == 128
-    assert big.mask_head.rel_coord_norms.tolist() == [64, 128, 256, 512, 1024]
+    assert big.mask_head.rel_coord_norms.tolist() == [64, 128, 256, 512, 1024] and big.mask_stride == 8
     assert big.transform.max_size == 1333 and not big.backbone.body.conv1.weight.requires_grad
 
 

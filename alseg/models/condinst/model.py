@@ -42,6 +42,9 @@ uses the mask's centre of mass when masks are loaded; point-labeled instances ha
 ``max_proposals`` applies per image to supervised locations (AdelaiDet: per GPU batch, to all
 positives); instances without a mask label give no mask loss (AdelaiDet has no such instances);
 boxes are clipped to the image after NMS, as AdelaiDet's postprocess does, and empty ones dropped.
+The mask branch may also read P2 (``mask_branch_in_features``; the CPU config does, for 128-pixel
+images: configs/model/condinst_r18_small.yaml says why); AdelaiDet's default, P3-P5, is the
+builder's default and the R50 config's.
 """
 
 from __future__ import annotations
@@ -314,10 +317,12 @@ class CondInst(nn.Module):
           = prod_c (1 - s_c), column c = s_c / sum(s) x (1 - prod_c (1 - s_c));
         - mask_probs (n, h4, w4) float32: the detection's mask probabilities at stride 4 in the
           resized input frame, cropped to the resized image (h4 = ceil(h / 4)); cell (r, c) is
-          input-frame pixel (4 r + 2, 4 c + 2); ``mask_frame`` (4,): the original-frame box these
+          input-frame pixel (4 r + 2, 4 c + 2) (stride s = ``mask_out_stride``, 4 in the configs:
+          s r + s // 2); ``mask_frame`` (4,): the original-frame box these
           maps cover (``mask_frame()``), the same for every detection of the image;
         - locations (n, 2) x, y input-frame pixels of the location that gave the detection; levels
-          (n,) int64 its FPN level (0..4: P3..P7); boxes_input (n, 4) the box in the input frame;
+          (n,) int64 its FPN level (0..4: P3..P7); index (n,) its row among the image's flattened
+          locations; boxes_input (n, 4) the box in the input frame;
         - embeddings (n, D) float32: the box-tower feature at that location (D = FPN channels; the
           feature the controller and the box regression read; no pooling);
         - image_embedding (D,): P3 averaged over the image;
