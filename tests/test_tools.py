@@ -87,6 +87,26 @@ def test_compare_mean_std_over_seeds(runs, tmp_path, capsys):
     assert "0.300 ± 0.100" in stdout and "incomplete run" in stdout
 
 
+def test_compare_png_title_and_legend(runs, tmp_path, monkeypatch):
+    import alseg.plots as plots
+
+    seen = {}
+    real = plots.ap_vs_cost_figure
+
+    def spy(groups, metrics, title, count_seeds):
+        fig = real(groups, metrics, title, count_seeds)
+        seen["title"] = fig.get_suptitle()
+        seen["legend"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return fig
+
+    monkeypatch.setattr(plots, "ap_vs_cost_figure", spy)
+    compare.compare([runs], metrics=["mask_AP"], out=tmp_path / "out", show=False)
+    assert seen["title"] == ("exp: mask_AP per strategy\nline: mean over seeds, band: ± 1 std (population) where a "
+                             "group has 2 or more; seeds per group in the legend")
+    assert seen["legend"] == ["entropy (2 seeds)", "random (2 seeds)"]
+    assert (tmp_path / "out" / "compare.png").stat().st_size > 1000
+
+
 def test_compare_metric_choice_and_run_folders(runs, tmp_path):
     out = tmp_path / "out"
     a, b = runs / "exp" / "strategy=random,seed=0", runs / "exp" / "strategy=random,seed=1"
