@@ -220,6 +220,39 @@ def test_eda_main(coco_file, tmp_path, capsys):
     assert "horse" in capsys.readouterr().err
 
 
+def test_eda_plot_table_leaves_out_empty_classes_and_counts_images(coco_file):
+    st = eda.load_stats(coco_file)
+    assert eda.class_order(st, "count") == ["cat", "dog", "bird"]
+    assert eda.class_order(st, "name") == ["bird", "cat", "dog"] and eda.class_order(st, "id") == ["cat", "dog", "bird"]
+    # cat: 3 instances in 2 images (two in image 1); dog: 1 in image 2 (its crowd region is no instance).
+    assert eda.plot_table(st, eda.class_order(st, "name")) == ([("cat", 3, 2), ("dog", 1, 1)], ["bird"])
+
+
+def test_eda_figure_shows_instances_and_images_of_non_empty_classes(coco_file):
+    import matplotlib.pyplot as plt
+
+    st = eda.load_stats(coco_file)
+    fig = eda.counts_figure(st, eda.class_order(st))
+    try:
+        ax, ax_img = fig.axes
+        assert [t.get_text() for t in ax_img.get_xticklabels()] == ["cat", "dog"]  # no bird
+        assert [p.get_height() for p in ax_img.patches] == [2, 1]  # images per class
+        stacked = np.array([p.get_height() for p in ax.patches]).reshape(3, 2)  # small, medium, large x class
+        assert stacked.sum(0).tolist() == [3, 1]
+        assert ax.get_ylabel() == "instances" and ax_img.get_ylabel() == "images holding the class"
+        title = fig.get_suptitle()
+        assert "4 instances of 2 classes in 2 of 3 images" in title
+        assert "1 class without any instance not shown (bird)" in title
+    finally:
+        plt.close(fig)
+    empty = eda.load_stats(coco_file, ["bird"])
+    fig = eda.counts_figure(empty, ["bird"])
+    try:
+        assert len(fig.axes[1].patches) == 0 and "not shown (bird)" in fig.get_suptitle()
+    finally:
+        plt.close(fig)
+
+
 # --------------------------------------------------------------------------- drawing
 def test_draw_instances_changes_mask_pixels_only():
     img = np.full((100, 120, 3), 128, np.uint8)
