@@ -410,7 +410,8 @@ def plot_title(groups: list[Group], metrics: Sequence[str], group_header: str) -
     exps = sorted({r.path.parent.name for g in groups for r in g.runs})
     where = ", ".join(exps[:3]) + (f" and {len(exps) - 3} more" if len(exps) > 3 else "")
     return (f"{where}: {', '.join(metrics)} per {group_header}\n"
-            "line: mean over seeds, band: ± 1 std (population) where a group has 2 or more; seeds per group in the legend")
+            "line: mean over seeds, band: ± 1 std (population) where a group has 2 or more; "
+            "seeds per group in the legend")
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -189,7 +189,8 @@ def counts_figure(stats: DatasetStats, order: Sequence[str], title: str | None =
                  f"{stats.num_images - stats.empty_images} of {stats.num_images} images")
         if omitted:
             shown = ", ".join(omitted[:5]) + (", ..." if len(omitted) > 5 else "")
-            title += f"\n{len(omitted)} class{'es' if len(omitted) > 1 else ''} without any instance not shown ({shown})"
+            plural = "es" if len(omitted) > 1 else ""
+            title += f"\n{len(omitted)} class{plural} without any instance not shown ({shown})"
     width = int(fig.get_figwidth() * 100 / 7)  # characters of 10-point text across the figure at 100 dpi
     fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=10)
     return fig
