@@ -226,6 +226,8 @@ def test_eda_plot_table_leaves_out_empty_classes_and_counts_images(coco_file):
     assert eda.class_order(st, "name") == ["bird", "cat", "dog"] and eda.class_order(st, "id") == ["cat", "dog", "bird"]
     # cat: 3 instances in 2 images (two in image 1); dog: 1 in image 2 (its crowd region is no instance).
     assert eda.plot_table(st, eda.class_order(st, "name")) == ([("cat", 3, 2), ("dog", 1, 1)], ["bird"])
+    with pytest.raises(ValueError, match="count, name or id"):
+        eda.class_order(st, "size")
 
 
 def test_eda_figure_shows_instances_and_images_of_non_empty_classes(coco_file):
