@@ -369,3 +369,15 @@ def test_unwritable_runs_and_cache_folders_are_one_line(tmp_path):
     res = _alseg(tmp_path, f"paths.cache_dir={tmp_path / 'blocker' / 'cache'}", "al.rounds=0")
     _assert_one_line_error(res, "blocker", "a file is where a folder should be")
     assert not (tmp_path / "runs").exists()
+
+
+def test_help_says_what_alseg_is_and_shows_first_commands(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "alseg.cli", "--help"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    head = res.stdout.split("== Configuration groups ==")[0]
+    assert head.startswith("alseg: active learning and data selection for instance segmentation")
+    for command in ("alseg experiment=tiny_coco_smoke", "alseg -m experiment=random_synthetic seed=0,1,2",
+                    "alseg-prune --help"):
+        assert command in head
+    assert "powered by Hydra" not in res.stdout

@@ -1,6 +1,7 @@
 """End-to-end runs of the loop on tiny synthetic data: AP is computed, results are resumable."""
 
 import json
+import re
 import math
 from pathlib import Path
 
@@ -43,6 +44,14 @@ def test_tiny_run_computes_ap_and_writes_the_run_folder(cfg_factory, tmp_path):
     # Selections never repeat an image.
     ids = [q["image_id"] for sel in _selections(run) for q in sel]
     assert len(ids) == len(set(ids)) == 12
+    assert not any("pruning_rate" in r for r in records)  # an active-learning run, not a pruning run
+    log = (run / "run.log").read_text()
+    # run.log follows the training (progress lines with losses, lr, speed, ETA), selection and evaluation.
+    assert "round 0 train: 6 iterations, batch 2, base lr 0.02" in log
+    assert re.search(r"round 0 train: iter 6/6  loss [0-9.]+ \(loss_classifier [0-9.]+, .*\)  lr \S+  [0-9.]+ it/s  done", log)
+    assert "round 2 train: iter 4/4" in log and "round 1: random selected 4 queries" in log
+    assert re.search(r"round 2: evaluated on 8 val images in [0-9.]+ s: mask AP [0-9.]+", log)
+    assert "training from scratch" not in log  # synthetic shapes learn from scratch
 
 
 class _Killed(Exception):
@@ -239,3 +248,14 @@ def test_data_checks_logged_before_the_run_folder_exists_reach_run_log(cfg_facto
     text = (run / "run.log").read_text()
     assert "12 of 12 images carry an EXIF orientation tag" in text
     assert "EXIF orientation tag" in text.splitlines()[0]
+
+
+def test_from_scratch_note_on_real_images_only(cfg_factory):
+    from alseg.engine.loop import from_scratch_note
+
+    note = from_scratch_note(cfg_factory("dataset=tiny_coco", "model=maskrcnn_r18_coco", "trainer.schedule.iters=30"))
+    assert note.startswith("training from scratch on real images") and "30 iterations in round 0" in note
+    assert "mask AP near 0 is expected" in note and "model.backbone_weights=IMAGENET1K_V1" in note
+    assert from_scratch_note(cfg_factory("dataset=tiny_coco", "model.backbone_weights=IMAGENET1K_V1")) is None
+    assert from_scratch_note(cfg_factory("dataset=tiny_coco", "model.checkpoint=m.pt")) is None
+    assert from_scratch_note(cfg_factory()) is None  # synthetic shapes
