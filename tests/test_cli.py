@@ -118,6 +118,7 @@ def test_unreadable_image_and_nan_loss_are_one_line_errors(tmp_path):
     _assert_one_line_error(res, "non-finite loss")
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_seeds_into_separate_resumable_runs(tmp_path):
     res = _alseg(tmp_path, "-m", "seed=0,1", "al.rounds=0")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -343,6 +344,7 @@ def _rewrite_annotations(tmp):
     ann.write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, damage, fragments", [
     ("state.json garbage", lambda t, r: (r / "state.json").write_text("{{{"), ["state.json: not valid JSON", "move the run folder away"]),
     ("labels.jsonl truncated", lambda t, r: _cut(r / "round_001" / "labels.jsonl", 0.6),

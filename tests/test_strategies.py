@@ -107,6 +107,7 @@ def test_mask_entropy_ranks_uncertain_images_first(data):
         MaskEntropyImages().rank(_ctx(data, model=None), Budget(1), np.random.default_rng(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["taudis", "taudis_img", "coreset", "round_robin", "avg_cm", "wce", "wse",
                                       "mean_se", "mask_entropy"])
 def test_model_based_strategies_run_in_the_loop(cfg_factory, tmp_path, strategy):
