@@ -93,6 +93,7 @@ from alseg.data.validation import (  # noqa: F401  (status codes re-exported for
     is_int,
 )
 from alseg.errors import AlsegError, ConfigError, DataError
+from alseg.tfdp.raster import polygon_stats, upsampled
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ SCORED_STATUSES = (OK, DEGENERATE_PART)
 
 _MIN_CHUNK = 256
 _MAX_CHUNK = 4096
+_BATCH_PIXELS = 1 << 22  # canvas pixels (bytes) rasterised at once by a worker
 
 
 class ShapeStats(NamedTuple):
@@ -253,19 +255,6 @@ def _contour_stats(mask: np.ndarray, contour: str) -> tuple[float, float, int]:
     return p, a, (OK if a > 0 else ZERO_AREA)
 
 
-def _shift_coords(v: np.ndarray, origin_per_vertex: np.ndarray) -> np.ndarray:
-    """Coordinates in a crop starting at ``origin`` that rasterise exactly like the originals.
-
-    pycocotools rounds each coordinate to ``(int)(5 * x + .5)`` on a 5x grid; subtracting the origin
-    from ``x`` first would change that rounding for coordinates on a half grid step (COCO's
-    2-decimal values often are). So the grid value is computed as pycocotools does, shifted by the
-    integer ``5 * origin``, and passed back as ``X / 5``, which pycocotools rounds to ``X`` again.
-    Crops at the image's top/left edge (origin 0) keep the original values, negative ones included.
-    """
-    shifted = (np.trunc(v * 5.0 + 0.5) - 5.0 * origin_per_vertex) / 5.0
-    return np.where(origin_per_vertex > 0, shifted, v)
-
-
 def _rle_stats(seg: dict, h: int, w: int, contour: str) -> tuple[float, float, int]:
     """P, A and status of an RLE that alseg.data.validation accepted (runs adding up to h * w)."""
     counts = seg["counts"]
@@ -333,48 +322,61 @@ def _peak_rss_kib() -> int:
 
 
 def _score_polygons(chunk: _Chunk, per: np.ndarray, area: np.ndarray, st: np.ndarray) -> None:
+    """P, A and status of the polygon instances of a chunk (rows 0 .. n_poly - 1 of the outputs),
+    in batches of at most ``_BATCH_PIXELS`` canvas pixels (``alseg.tfdp.raster.polygon_stats``)."""
     coords, part_ptr, inst_ptr = chunk.coords, chunk.part_ptr, chunk.inst_ptr
-    n_poly = len(inst_ptr) - 1
     xs, ys = coords[0::2], coords[1::2]
     vptr = part_ptr // 2
     v0 = vptr[inst_ptr[:-1]]
     nv = vptr[inst_ptr[1:]] - v0
     h, w = chunk.hw[:, 0], chunk.hw[:, 1]
-    # Coordinates are finite and within max(h, w) of the image (alseg.data.validation).
+    # The crop: the polygon's box + MARGIN, clipped to the image (coordinates are finite and within
+    # a few image sizes of it, alseg.data.validation).
     minx, maxx = np.minimum.reduceat(xs, v0), np.maximum.reduceat(xs, v0)
     miny, maxy = np.minimum.reduceat(ys, v0), np.maximum.reduceat(ys, v0)
     ox = np.maximum(0, np.floor(minx) - MARGIN).astype(np.int64)
     oy = np.maximum(0, np.floor(miny) - MARGIN).astype(np.int64)
     cw = (np.minimum(w, np.ceil(maxx) + MARGIN + 1) - ox).astype(np.int64)
     ch = (np.minimum(h, np.ceil(maxy) + MARGIN + 1) - oy).astype(np.int64)
-    shifted = np.empty_like(coords)
-    shifted[0::2] = _shift_coords(xs, np.repeat(ox, nv))
-    shifted[1::2] = _shift_coords(ys, np.repeat(oy, nv))
-
-    fr_poly, merge, decode, stats = _mask.frPoly, _mask.merge, _mask.decode, _contour_stats
-    contour = chunk.contour
-    pp = part_ptr.tolist()
-    ip = inst_ptr.tolist()
-    cwl, chl = cw.tolist(), ch.tolist()
-    for j in range(n_poly):
-        cwj, chj = cwl[j], chl[j]
-        if cwj < 1 or chj < 1:
-            st[j] = EMPTY_MASK
-            continue
-        a, b = ip[j], ip[j + 1]
+    X = upsampled(xs, np.repeat(ox, nv))
+    Y = upsampled(ys, np.repeat(oy, nv))
+    empty = (cw < 1) | (ch < 1)
+    st[:len(cw)][empty] = EMPTY_MASK
+    rows = np.flatnonzero(~empty)
+    if rows.size < len(cw):  # rare: take the instances with a crop (vertices, parts, offsets)
+        parts = _ranges(inst_ptr[rows], inst_ptr[rows + 1])
+        X = X[_ranges(vptr[parts], vptr[parts + 1])]
+        Y = Y[_ranges(vptr[parts], vptr[parts + 1])]
+        vptr = np.concatenate([[0], np.cumsum(vptr[parts + 1] - vptr[parts])])
+        inst_ptr = np.concatenate([[0], np.cumsum(inst_ptr[rows + 1] - inst_ptr[rows])])
+        cw, ch = cw[rows], ch[rows]
+    px = np.cumsum((cw + 1) * ch)
+    cuts = np.searchsorted(px, np.arange(_BATCH_PIXELS, int(px[-1]) if len(px) else 0, _BATCH_PIXELS), "right")
+    bounds = np.unique(np.concatenate([[0], np.maximum(cuts, 1), [len(cw)]])).tolist()
+    for i0, i1 in zip(bounds[:-1], bounds[1:]):
+        p0, p1 = int(inst_ptr[i0]), int(inst_ptr[i1])
+        q0, q1 = int(vptr[p0]), int(vptr[p1])
+        args = (X[q0:q1], Y[q0:q1], vptr[p0:p1 + 1] - q0, inst_ptr[i0:i1 + 1] - p0, cw[i0:i1], ch[i0:i1])
+        dst = rows[i0:i1]
         try:
-            if b - a == 1:
-                rles = fr_poly([shifted[pp[a] : pp[a + 1]]], chj, cwj)
-            else:
-                rles = [merge(fr_poly([shifted[pp[q] : pp[q + 1]] for q in range(a, b)], chj, cwj), 0)]
-            m = decode(rles)  # (ch, cw, 1) Fortran order; its transpose is C-contiguous
-            p, ar, s = stats(m[:, :, 0].T, contour)
+            per[dst], area[dst], st[dst] = polygon_stats(*args, contour=chunk.contour)
         except (cv2.error, ValueError, TypeError, OverflowError, MemoryError):
-            st[j] = INVALID_SEGMENTATION
-            continue
-        per[j], area[j] = p, ar
-        if s != OK:
-            st[j] = s
+            for j in range(i0, i1):  # find the instance(s) at fault
+                a, b = int(inst_ptr[j]), int(inst_ptr[j + 1])
+                c0, c1 = int(vptr[a]), int(vptr[b])
+                one = (X[c0:c1], Y[c0:c1], vptr[a:b + 1] - c0, np.array([0, b - a]), cw[j:j + 1], ch[j:j + 1])
+                try:
+                    per[rows[j]], area[rows[j]], st[rows[j]] = (v[0] for v in polygon_stats(*one, contour=chunk.contour))
+                except (cv2.error, ValueError, TypeError, OverflowError, MemoryError):
+                    st[rows[j]] = INVALID_SEGMENTATION
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(lo[i], hi[i]) over i (int64)."""
+    n = hi - lo
+    if int(n.sum()) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
 
 
 # --------------------------------------------------------------------------------------------------
