@@ -93,6 +93,7 @@ from alseg.data.validation import (  # noqa: F401  (status codes re-exported for
     is_int,
 )
 from alseg.errors import AlsegError, ConfigError, DataError
+from alseg.tfdp.jsonio import gc_paused, read_coco
 from alseg.tfdp.raster import polygon_stats, upsampled
 
 log = logging.getLogger(__name__)
@@ -296,10 +297,10 @@ def _score_chunk(chunk: _Chunk) -> tuple:
                 per[n_poly + j], area[n_poly + j], st[n_poly + j] = _rle_stats(seg, h, w, contour)
             except (cv2.error, ValueError, TypeError, OverflowError, UnicodeError):
                 st[n_poly + j] = INVALID_RLE
-    return chunk.start, idx, per, area, st, time.process_time() - cpu0, _peak_rss_kib()
+    return chunk.start, idx, per, area, st, time.process_time() - cpu0, peak_rss_kib()
 
 
-def _peak_rss_kib() -> int:
+def peak_rss_kib() -> int:
     """This process's own peak RSS in KiB.
 
     Linux: VmHWM of /proc/self/status, the high-water mark of the process's current memory map.
@@ -746,6 +747,38 @@ def load_cached(path: str | os.PathLike, content_sha1: str, variant: str, contou
         return None
 
 
+def score_loaded(
+    data: Mapping,
+    content_sha1: str,
+    variant: str = DEFAULT_VARIANT,
+    contour: str = "largest",
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    progress: bool | Callable[[int], None] = False,
+) -> ScoreResult:
+    """``score_dataset`` of a loaded COCO file, through the score cache.
+
+    ``content_sha1``: the sha1 of the file's bytes (``file_sha1``, or ``jsonio.read_coco``); with
+    the variant, the contour option and ``SCORING_VERSION`` it names the cache file, so editing the
+    file, asking for another variant or changing the scoring code never reuses a cache file.
+    """
+    _check_options(variant, contour)
+    cfile = None
+    if use_cache:
+        cfile = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), content_sha1, variant, contour)
+        cached = load_cached(cfile, content_sha1, variant, contour)
+        if cached is not None:
+            return cached
+    result = score_dataset(data, variant, contour, workers, progress=progress)
+    if cfile is not None:
+        try:
+            save_cached(cfile, result, content_sha1)
+        except OSError as e:
+            log.warning("%s: cannot write cache file (%s)", cfile, e.strerror or e)
+    return result
+
+
 def score_file(
     ann_file: str | os.PathLike,
     variant: str = DEFAULT_VARIANT,
@@ -755,28 +788,11 @@ def score_file(
     use_cache: bool = True,
     progress: bool | Callable[[int], None] = False,
 ) -> tuple[dict, ScoreResult]:
-    """Load a COCO annotation file and score it, with an on-disk cache.
-
-    The cache key is the sha1 of the file's bytes plus the variant and contour option (and the
-    scoring version): editing the file, or asking for another variant, never reuses a cache file.
-    """
-    from alseg.data.coco import load_json
-
+    """Load a COCO annotation file (``alseg.tfdp.jsonio.read_coco``) and score it, with an on-disk
+    cache keyed by the sha1 of the file's bytes, the variant, the contour option and the scoring
+    version (``score_loaded``). DataError when the file is missing or not a COCO JSON object."""
     _check_options(variant, contour)
-    cfile = None
-    sha1 = ""
-    if use_cache:
-        sha1 = file_sha1(ann_file)
-        cfile = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), sha1, variant, contour)
-    data = load_json(ann_file)
-    if cfile is not None:
-        cached = load_cached(cfile, sha1, variant, contour)
-        if cached is not None:
-            return data, cached
-    result = score_dataset(data, variant, contour, workers, progress=progress)
-    if cfile is not None:
-        try:
-            save_cached(cfile, result, sha1)
-        except OSError as e:
-            log.warning("%s: cannot write cache file (%s)", cfile, e.strerror or e)
-    return data, result
+    with gc_paused():
+        loaded = read_coco(ann_file, digest=use_cache)
+        result = score_loaded(loaded.data, loaded.sha1, variant, contour, workers, cache_dir, use_cache, progress)
+    return loaded.data, result
