@@ -28,7 +28,7 @@ import numpy as np
 
 from alseg.errors import AlsegError, ConfigError
 from alseg.files import WriteError, make_dirs
-from alseg.tfdp.jsonio import dump_json, gc_paused, read_coco
+from alseg.tfdp.jsonio import dump_json, gc_paused, read_coco, read_coco_lazy
 from alseg.tfdp.scoring import (
     CONTOURS,
     DEFAULT_VARIANT,
@@ -43,6 +43,7 @@ from alseg.tfdp.scoring import (
     kept_count,
     peak_rss_kib,
     prune_coco,
+    prune_raw,
     rank_images,
     score_loaded,
 )
@@ -216,18 +217,26 @@ def run(args: argparse.Namespace) -> int:
 
     with gc_paused():  # millions of containers: the cyclic collector would rescan them all, often
         t1 = time.perf_counter()
-        loaded = read_coco(ann, digest=not args.no_cache)
+        # Without figures, the annotations stay JSON text here: the scoring workers parse them and
+        # the kept ones are copied to --out as they were written (score_raw, prune_raw).
+        loaded = (read_coco if plots else read_coco_lazy)(ann, digest=not args.no_cache)
         data = loaded.data
         t2 = time.perf_counter()
         result = score_loaded(data, loaded.sha1, variant=args.variant, contour=args.contour, workers=args.workers,
-                              cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=not args.no_progress)
+                              cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=not args.no_progress,
+                              lazy=loaded.lazy)
         t3 = time.perf_counter()
         k = kept_count(len(result.image_ids), keep=args.keep, count=args.count)
         kept = rank_images(result)[:k]
         kept_set = set(kept)
         t4 = time.perf_counter()
-        pruned = prune_coco(data, kept_set)
-        _atomic_write(out, lambda f: f.write(dump_json(pruned, loaded.strict)), binary=True)
+        if loaded.lazy:
+            text, n_images, n_anns = prune_raw(data, result, kept_set)
+        else:
+            pruned = prune_coco(data, kept_set)
+            text, n_images, n_anns = dump_json(pruned, loaded.strict), len(pruned["images"]), len(pruned["annotations"])
+        _atomic_write(out, lambda f: f.write(text), binary=True)
+        del text
         write_image_scores(scores_csv, result, kept_set)
         if args.instance_scores:
             write_instance_scores(Path(args.instance_scores), result)
@@ -241,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         t5 = time.perf_counter()
         times = {"load": t2 - t1, "scoring": t3 - t2, "select": t4 - t3, "write": t5 - t4}
         print(_summary(data, result, kept, times, t0))
-    print(f"wrote {out} ({len(pruned['images'])} images, {len(pruned['annotations'])} annotations), {scores_csv}"
+    print(f"wrote {out} ({n_images} images, {n_anns} annotations), {scores_csv}"
           + "".join(f", {p}" for p in [args.instance_scores, *plots] if p))
     return 0
 

@@ -93,7 +93,7 @@ from alseg.data.validation import (  # noqa: F401  (status codes re-exported for
     is_int,
 )
 from alseg.errors import AlsegError, ConfigError, DataError
-from alseg.tfdp.jsonio import gc_paused, read_coco
+from alseg.tfdp.jsonio import decode_json, gc_paused, read_coco
 from alseg.tfdp.raster import polygon_stats, upsampled
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ log = logging.getLogger(__name__)
 VARIANTS = ("scs", "si_scs", "cb_scs", "si_cb_scs")
 CONTOURS = ("largest", "all")
 DEFAULT_VARIANT = "si_cb_scs"
-SCORING_VERSION = 2  # bump when the numbers change: old cache files are then never read
+SCORING_VERSION = 3  # bump when the numbers or the cache's contents change: old cache files are then never read
 MARGIN = 1  # empty pixels kept around a mask's box in its crop (contours never touch a cut edge)
 
 # Per-annotation status codes (ShapeStats.status): alseg.data.validation's reasons, whose table
@@ -144,7 +144,11 @@ class ScoreResult:
     elapsed_s: float = 0.0
     from_cache: bool = False
     worker_cpu_s: float = 0.0  # CPU time spent measuring shapes, all processes together
-    worker_peak_rss_kib: int = 0  # largest own peak RSS of a scoring process, KiB (see _peak_rss_kib)
+    worker_peak_rss_kib: int = 0  # largest own peak RSS of a scoring process, KiB (see peak_rss_kib)
+    # Each annotation's 'image_id' as pruning reads it (an integer, else prune_image_ok False), in
+    # input order: the pruned file keeps the annotations of the kept images, valid or not.
+    prune_image_id: np.ndarray | None = None  # int64
+    prune_image_ok: np.ndarray | None = None  # bool
 
     @property
     def n_scored(self) -> int:
@@ -392,20 +396,23 @@ def _mp_context():
     return mp.get_context("spawn")
 
 
-def _run_pool(chunks: Iterator[_Chunk], workers: int, collect: Callable[[tuple], None]) -> None:
-    """Score chunks in worker processes, building the next chunks while they work.
+def _run_pool(tasks: Iterable[tuple], workers: int, collect: Callable[[tuple], None], fn: Callable = None,
+              initializer: Callable | None = None, initargs: tuple = ()) -> None:
+    """Run ``fn(*task)`` (default: ``_score_chunk``) for each task in worker processes, building the
+    next tasks while they work.
 
-    At most ``2 * workers + 1`` chunks are built and not yet collected at any time (bounded memory).
+    At most ``2 * workers + 1`` tasks are built and not yet collected at any time (bounded memory).
     A worker that dies (e.g. a spawned child re-running an unguarded script) gives an AlsegError,
     never a hang.
     """
+    fn = fn or _score_chunk
     window = 2 * workers + 1
     try:
-        with ProcessPoolExecutor(workers, mp_context=_mp_context()) as ex:
+        with ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=initializer, initargs=initargs) as ex:
             pending: set = set()
             try:
-                for chunk in chunks:
-                    pending.add(ex.submit(_score_chunk, chunk))
+                for task in tasks:
+                    pending.add(ex.submit(fn, *task))
                     if len(pending) >= window:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for f in done:
@@ -490,10 +497,118 @@ def instance_shape_stats(
         for chunk in chunks:
             collect(_score_chunk(chunk))
     else:
-        _run_pool(chunks, workers, collect)
+        _run_pool(((c,) for c in chunks), workers, collect)
     if report is not None:
         report.update(worker_cpu_s=cpu[0], worker_peak_rss_kib=rss[0])
     return ShapeStats(out["ann_id"], out["image_id"], out["category_id"], perimeter, area, status, out["crowd"])
+
+
+_RAW_CONTEXT: dict = {}
+
+
+def _init_raw_worker(sizes: Mapping, category_ids: set | None) -> None:
+    """Pool initializer: the file's image sizes and category ids, sent once per worker."""
+    import gc
+
+    gc.disable()  # a worker makes a few thousand containers per chunk and no reference cycles
+    _RAW_CONTEXT.update(sizes=sizes, cats=category_ids)
+
+
+def _score_raw_chunk(start: int, payload: bytes, contour: str, context: Mapping | None = None) -> tuple:
+    """Parse (``jsonio.decode_json``), validate (``AnnotationChecker``, as ``_build_chunks`` does) and
+    score annotations ``start ..`` given as one JSON array; runs in a worker process. Returns the
+    per-annotation arrays, the CPU time it took and the process's peak RSS."""
+    cpu0 = time.process_time()
+    ctx = context if context is not None else _RAW_CONTEXT
+    anns = decode_json(payload)
+    prune = _prune_image_ids(anns)
+    c = AnnotationChecker(ctx["sizes"], ctx["cats"]).check(anns, 0, len(anns), geometry=True, crowd_geometry=False)
+    del anns
+    st = c.status
+    st[c.crowd & ((st == OK) | (st == DEGENERATE_PART))] = CROWD  # a crowd region is never scored
+    chunk = _Chunk(start=start, local=c.poly_local, coords=c.coords, part_ptr=c.part_ptr, inst_ptr=c.inst_ptr,
+                   hw=c.hw, rles=c.rles, contour=contour)
+    _, idx, per, area, s, _, _ = _score_chunk(chunk)
+    return (start, c.ann_id, c.image_id, c.category_id, st, c.crowd, idx, per, area, s, prune,
+            time.process_time() - cpu0, peak_rss_kib())
+
+
+def instance_shape_stats_raw(
+    raw_annotations: Sequence,
+    sizes: Mapping[int, tuple[int, int] | None],
+    category_ids: Iterable[int] | None,
+    contour: str = "largest",
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int | None = None,
+    report: dict | None = None,
+) -> tuple[ShapeStats, tuple[np.ndarray, np.ndarray]]:
+    """``instance_shape_stats`` of annotations given as JSON text, one ``msgspec.Raw`` (or bytes)
+    each, plus each annotation's image id as pruning reads it (``_prune_image_ids``).
+
+    Chunks of the text go to the workers, which parse, validate and score them; a repeated
+    annotation id across chunks (which one chunk's checker cannot see) is found here afterwards:
+    as ``AnnotationChecker`` does in one pass, the first annotation with the id that passed the id
+    checks keeps its result and every later one is ``duplicate_annotation_id``.
+    """
+    if contour not in CONTOURS:
+        raise ConfigError(f"unknown contour option {contour!r}; choose one of {', '.join(CONTOURS)}")
+    workers = _resolve_workers(workers)
+    cats = None if category_ids is None else set(category_ids)
+    n = len(raw_annotations)
+    ann_id = np.full(n, -1, dtype=np.int64)
+    image_id = np.full(n, -1, dtype=np.int64)
+    category_id = np.full(n, -1, dtype=np.int64)
+    status = np.zeros(n, dtype=np.int8)
+    crowd = np.zeros(n, dtype=bool)
+    perimeter = np.full(n, np.nan)
+    area = np.full(n, np.nan)
+    prune_id = np.zeros(n, dtype=np.int64)
+    prune_ok = np.zeros(n, dtype=bool)
+    size = chunk_size or _chunk_size(n, workers)
+    cpu = [0.0]
+    rss = [0]
+
+    def tasks():
+        for start in range(0, n, size):
+            yield start, b"[" + b",".join(raw_annotations[start:start + size]) + b"]", contour
+
+    def collect(res) -> None:
+        start, a_id, i_id, c_id, st, cr, idx, p, a, s, prune, cpu_s, rss_kib = res
+        stop = start + len(st)
+        ann_id[start:stop], image_id[start:stop], category_id[start:stop] = a_id, i_id, c_id
+        status[start:stop], crowd[start:stop] = st, cr
+        prune_id[start:stop], prune_ok[start:stop] = prune
+        g = start + idx.astype(np.int64)
+        perimeter[g] = p
+        area[g] = a
+        bad = s != OK
+        status[g[bad]] = s[bad]  # keeps DEGENERATE_PART set by the checker for scored instances
+        cpu[0] += cpu_s
+        rss[0] = max(rss[0], rss_kib)
+        if progress is not None:
+            progress(stop - start)
+
+    if workers <= 1 or n < 2 * _MIN_CHUNK:
+        ctx = {"sizes": sizes, "cats": cats}
+        for start, payload, cont in tasks():
+            collect(_score_raw_chunk(start, payload, cont, ctx))
+    else:
+        _run_pool(tasks(), workers, collect, fn=_score_raw_chunk, initializer=_init_raw_worker,
+                  initargs=(dict(sizes), cats))
+    # repeated ids across chunks: the first annotation that passed the id checks keeps its id
+    cand = np.flatnonzero(status != INVALID_ANNOTATION)
+    if cand.size:
+        _, first = np.unique(ann_id[cand], return_index=True)
+        later = np.ones(cand.size, dtype=bool)
+        later[first] = False
+        dup = cand[later]
+        status[dup] = DUPLICATE_ANNOTATION_ID
+        perimeter[dup] = np.nan
+        area[dup] = np.nan
+    if report is not None:
+        report.update(worker_cpu_s=cpu[0], worker_peak_rss_kib=rss[0])
+    return ShapeStats(ann_id, image_id, category_id, perimeter, area, status, crowd), (prune_id, prune_ok)
 
 
 def _base_scores(perimeter: np.ndarray, area: np.ndarray, variant: str) -> np.ndarray:
@@ -518,43 +633,59 @@ def compute_scores(stats: ShapeStats, variant: str) -> np.ndarray:
     return scores
 
 
-def score_dataset(
-    coco_dict: Mapping,
-    variant: str = DEFAULT_VARIANT,
-    contour: str = "largest",
-    workers: int | None = None,
-    progress: bool | Callable[[int], None] = False,
-) -> ScoreResult:
-    """Score every image of a COCO dict (``progress=True``: a tqdm bar on stderr)."""
-    _check_options(variant, contour)
-    if not isinstance(coco_dict, Mapping):
+def _check_coco(coco: Mapping) -> None:
+    if not isinstance(coco, Mapping):
         raise DataError("COCO data: expected a JSON object with 'images', 'annotations', 'categories'")
     for key in ("images", "annotations", "categories"):
-        if not isinstance(coco_dict.get(key), list):
+        if not isinstance(coco.get(key), list):
             raise DataError(f"COCO data: missing or malformed field '{key}' (expected a list)")
-    t0 = time.perf_counter()
+
+
+def _index_file(images: Sequence, categories: Sequence) -> tuple[list[int], dict, set, dict[str, int]]:
+    """Image ids (file order), image sizes, category ids and the file-level problems."""
     problems: dict[str, int] = {}
-    image_ids, sizes = _index_images(coco_dict["images"], problems)
-    cats, cat_problems = index_categories(coco_dict["categories"])
+    image_ids, sizes = _index_images(images, problems)
+    cats, cat_problems = index_categories(categories)
     for p in cat_problems:
         problems[p.reason] = problems.get(p.reason, 0) + 1
-    cat_ids = set(cats)
-    anns = coco_dict["annotations"]
-    bar = None
-    callback = progress if callable(progress) else None
-    if progress is True:
-        from tqdm import tqdm
+    return image_ids, sizes, set(cats), problems
 
-        bar = tqdm(total=len(anns), unit="inst", desc="tfdp scoring", mininterval=0.5, dynamic_ncols=True)
-        callback = bar.update
-    report: dict = {}
-    try:
-        stats = instance_shape_stats(
-            anns, sizes, contour, workers, category_ids=cat_ids, progress=callback, report=report
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+
+class _Progress:
+    """``progress``: True (a tqdm bar on stderr), a callable taking a count, or False."""
+
+    def __init__(self, progress: bool | Callable[[int], None], total: int):
+        self.bar = None
+        self.callback = progress if callable(progress) else None
+        if progress is True:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="inst", desc="tfdp scoring", mininterval=0.5, dynamic_ncols=True)
+            self.callback = self.bar.update
+
+    def __enter__(self):
+        return self.callback
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _prune_image_ids(annotations: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Each annotation's 'image_id' as ``prune_coco`` reads it: (int64 ids, bool ok)."""
+    n = len(annotations)
+    ids = np.zeros(n, dtype=np.int64)
+    ok = np.zeros(n, dtype=bool)
+    for k, a in enumerate(annotations):
+        iid = a.get("image_id") if type(a) is dict else None
+        if is_int(iid) and -(2**63) <= iid < 2**63:
+            ids[k] = iid
+            ok[k] = True
+    return ids, ok
+
+
+def _result(stats: ShapeStats, image_ids: list[int], problems: dict[str, int], variant: str, contour: str,
+            t0: float, report: dict, prune_ids: tuple[np.ndarray, np.ndarray]) -> ScoreResult:
     inst_scores = compute_scores(stats, variant)
     ids = np.asarray(image_ids, dtype=np.int64)
     img_scores = np.zeros(len(ids))
@@ -579,7 +710,57 @@ def score_dataset(
         elapsed_s=time.perf_counter() - t0,
         worker_cpu_s=report.get("worker_cpu_s", 0.0),
         worker_peak_rss_kib=report.get("worker_peak_rss_kib", 0),
+        prune_image_id=prune_ids[0],
+        prune_image_ok=prune_ids[1],
     )
+
+
+def score_dataset(
+    coco_dict: Mapping,
+    variant: str = DEFAULT_VARIANT,
+    contour: str = "largest",
+    workers: int | None = None,
+    progress: bool | Callable[[int], None] = False,
+) -> ScoreResult:
+    """Score every image of a COCO dict (``progress=True``: a tqdm bar on stderr)."""
+    _check_options(variant, contour)
+    _check_coco(coco_dict)
+    t0 = time.perf_counter()
+    image_ids, sizes, cat_ids, problems = _index_file(coco_dict["images"], coco_dict["categories"])
+    anns = coco_dict["annotations"]
+    report: dict = {}
+    with _Progress(progress, len(anns)) as callback:
+        stats = instance_shape_stats(anns, sizes, contour, workers, category_ids=cat_ids, progress=callback,
+                                     report=report)
+    return _result(stats, image_ids, problems, variant, contour, t0, report, _prune_image_ids(anns))
+
+
+def score_raw(
+    top: Mapping,
+    variant: str = DEFAULT_VARIANT,
+    contour: str = "largest",
+    workers: int | None = None,
+    progress: bool | Callable[[int], None] = False,
+    chunk_size: int | None = None,
+) -> ScoreResult:
+    """``score_dataset`` of a file read by ``alseg.tfdp.jsonio.read_coco_lazy``: the same result,
+    but the annotations stay JSON text (``msgspec.Raw``) in this process. The workers parse,
+    validate and score them chunk by chunk, so parsing is shared among the processes and the
+    annotations never exist here as Python objects (see ``instance_shape_stats_raw``).
+
+    ``top``: the file's top-level object with 'images' and 'categories' parsed and 'annotations'
+    a list of ``msgspec.Raw`` (``LazyCoco.top``).
+    """
+    _check_options(variant, contour)
+    _check_coco(top)
+    t0 = time.perf_counter()
+    image_ids, sizes, cat_ids, problems = _index_file(top["images"], top["categories"])
+    raw = top["annotations"]
+    report: dict = {}
+    with _Progress(progress, len(raw)) as callback:
+        stats, prune_ids = instance_shape_stats_raw(raw, sizes, cat_ids, contour, workers, progress=callback,
+                                                    chunk_size=chunk_size, report=report)
+    return _result(stats, image_ids, problems, variant, contour, t0, report, prune_ids)
 
 
 def _as_id_scores(image_scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -659,6 +840,30 @@ def prune_coco(coco_dict: Mapping, kept_ids: Iterable[int]) -> dict:
     return out
 
 
+def prune_raw(top: Mapping, result: ScoreResult, kept_ids: Iterable[int]) -> tuple[bytes, int, int]:
+    """``prune_coco`` of a file read by ``jsonio.read_coco_lazy`` and scored by ``score_raw``, as
+    compact JSON bytes, with the numbers of images and annotations kept. The kept annotations are
+    copied as the file wrote them (never parsed here); everything else as ``prune_coco`` does."""
+    import msgspec
+
+    kept = {int(i) for i in kept_ids}
+    out = {k: v for k, v in top.items() if k not in ("images", "annotations")}
+    images, seen = [], set()
+    for img in top.get("images", []):
+        iid = img.get("id") if isinstance(img, dict) else None
+        if is_int(iid) and iid in kept and iid not in seen:
+            seen.add(iid)
+            images.append(img)
+    raw = top.get("annotations", [])
+    if result.prune_image_id is None or len(result.prune_image_id) != len(raw):
+        raise ValueError("prune_raw needs the ScoreResult of the same annotations (score_raw)")
+    sel = np.flatnonzero(result.prune_image_ok & np.isin(result.prune_image_id, np.fromiter(seen, np.int64, len(seen))))
+    out["images"] = images
+    out["annotations"] = msgspec.Raw(b"[" + b",".join([raw[k] for k in sel.tolist()]) + b"]")
+    out.setdefault("categories", [])
+    return msgspec.json.encode(out), len(images), int(sel.size)
+
+
 # --------------------------------------------------------------------------------------------------
 # Cache
 
@@ -707,6 +912,8 @@ def save_cached(path: str | os.PathLike, result: ScoreResult, content_sha1: str)
                 image_ids=result.image_ids,
                 image_scores=result.image_scores,
                 **{f"stats_{k}": v for k, v in result.stats._asdict().items()},
+                **({} if result.prune_image_id is None else
+                   {"prune_image_id": result.prune_image_id, "prune_image_ok": result.prune_image_ok}),
             )
         os.replace(tmp, path)
     except BaseException:
@@ -741,6 +948,8 @@ def load_cached(path: str | os.PathLike, content_sha1: str, variant: str, contou
                 n_crowd=int(meta["n_crowd"]),
                 elapsed_s=float(meta.get("elapsed_s", 0.0)),
                 from_cache=True,
+                prune_image_id=z["prune_image_id"] if "prune_image_id" in z.files else None,
+                prune_image_ok=z["prune_image_ok"] if "prune_image_ok" in z.files else None,
             )
     except Exception as e:  # a corrupt cache file is recomputed, never fatal
         log.warning("%s: ignoring unreadable cache file (%s)", path, e)
@@ -756,8 +965,9 @@ def score_loaded(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     progress: bool | Callable[[int], None] = False,
+    lazy: bool = False,
 ) -> ScoreResult:
-    """``score_dataset`` of a loaded COCO file, through the score cache.
+    """``score_dataset`` (``lazy``: ``score_raw``) of a loaded COCO file, through the score cache.
 
     ``content_sha1``: the sha1 of the file's bytes (``file_sha1``, or ``jsonio.read_coco``); with
     the variant, the contour option and ``SCORING_VERSION`` it names the cache file, so editing the
@@ -768,9 +978,12 @@ def score_loaded(
     if use_cache:
         cfile = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), content_sha1, variant, contour)
         cached = load_cached(cfile, content_sha1, variant, contour)
-        if cached is not None:
+        if cached is not None and cached.prune_image_id is not None:
             return cached
-    result = score_dataset(data, variant, contour, workers, progress=progress)
+    if lazy:
+        result = score_raw(data, variant, contour, workers, progress=progress)
+    else:
+        result = score_dataset(data, variant, contour, workers, progress=progress)
     if cfile is not None:
         try:
             save_cached(cfile, result, content_sha1)
