@@ -231,12 +231,11 @@ def run(args: argparse.Namespace) -> int:
         kept_set = set(kept)
         t4 = time.perf_counter()
         if loaded.lazy:
-            text, n_images, n_anns = prune_raw(data, result, kept_set)
+            pieces, n_images, n_anns = prune_raw(data, result, kept_set)
         else:
             pruned = prune_coco(data, kept_set)
-            text, n_images, n_anns = dump_json(pruned, loaded.strict), len(pruned["images"]), len(pruned["annotations"])
-        _atomic_write(out, lambda f: f.write(text), binary=True)
-        del text
+            pieces, n_images, n_anns = [dump_json(pruned, loaded.strict)], len(pruned["images"]), len(pruned["annotations"])
+        _atomic_write(out, lambda f: f.writelines(pieces), binary=True)
         write_image_scores(scores_csv, result, kept_set)
         if args.instance_scores:
             write_instance_scores(Path(args.instance_scores), result)

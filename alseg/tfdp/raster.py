@@ -53,89 +53,110 @@ def boundary_points(X: np.ndarray, Y: np.ndarray, vptr: np.ndarray, h: np.ndarra
     vptr: int64 (n_parts + 1,) vertex offsets of the parts; h, w: int64 (n_parts,) mask size.
     Returns ``(part, x, y)`` (int64; ``0 <= x < w``, ``0 <= y <= h``): the mask of a part is 1 where
     an odd number of its points precede the pixel in column-major order. With ``base`` and
-    ``stride`` (int64 per part) returns ``(part, base[part] + x * stride[part] + y)`` instead.
+    ``stride`` (int64 per part) returns ``(None, base[part] + x * stride[part] + y)`` instead.
+
+    rleFrPoly walks every edge on the 5x grid from its end with the smaller major coordinate
+    (``flip``), one grid step along the major axis at a time, the minor coordinate rounded as
+    ``(int)(start + s * t + .5)``; a point is made where the walk steps from grid column ``5 x + 2``
+    to ``5 x + 3`` or back (pixel centre column ``x``), at pixel row ``ceil((v + .5) / 5 - .5)``
+    (clamped to [0, h]) of the smaller row ``v`` of the two walk points. Here each such step is
+    found directly: along an x-major edge the step between ``t`` and ``t + 1``; along a y-major
+    edge the first ``t`` whose rounded column is past the step, from the closed form, settled with
+    the C expression where the closed form is within 1e-6 of an integer.
     """
+    empty = np.zeros(0, np.int64)
+    if X.size == 0:
+        return (None, empty) if base is not None else (empty, empty, empty)
     n_v = X.size
-    if n_v == 0:
-        z = np.zeros(0, np.int64)
-        return (z, z) if base is not None else (z, z, z)
     nxt = np.arange(1, n_v + 1)
     nxt[vptr[1:] - 1] = vptr[:-1]
-    part_of_v = np.repeat(np.arange(len(vptr) - 1), np.diff(vptr))
     X1, Y1 = X[nxt], Y[nxt]
-    dx, dy = np.abs(X1 - X), np.abs(Y1 - Y)
-    xmaj = dx >= dy
-    # rleFrPoly walks each edge from the end with the smaller major coordinate ("flip")
-    flip = np.where(xmaj, X > X1, Y > Y1)
-    xs = np.where(flip, X1, X)
-    xe = np.where(flip, X, X1)
-    ys = np.where(flip, Y1, Y)
-    ye = np.where(flip, Y, Y1)
-    # a boundary point wherever the walk steps between grid columns u' and u' + 1 with
-    # u' = 5 x + 2 (a pixel centre column) and 0 <= x <= w - 1
-    lo = np.maximum(np.minimum(xs, xe), 2)
-    hi = np.minimum(np.maximum(xs, xe) - 1, 5 * w[part_of_v] - 3)
-    first = lo + (2 - lo) % 5
-    cnt = np.where(hi >= first, (hi - first) // 5 + 1, 0)
+    adx, ady = np.abs(X1 - X), np.abs(Y1 - Y)
+    part_of_v = np.repeat(np.arange(len(vptr) - 1), np.diff(vptr))
+    lo = np.maximum(np.minimum(X, X1), 2)
+    hi = np.minimum(np.maximum(X, X1) - 1, (5 * w - 3)[part_of_v])
+    first = lo + (2 - lo) % 5  # first column 5 x + 2 the edge steps out of
+    cnt = np.maximum((hi - first) // 5 + 1, 0)
     e = np.flatnonzero(cnt)
     if e.size == 0:
-        z = np.zeros(0, np.int64)
-        return (z, z) if base is not None else (z, z, z)
-    # x-major edges first, then y-major ones: contiguous slices instead of masks
-    e = e[np.argsort(~xmaj[e], kind="stable")]
-    n_x = int(np.count_nonzero(xmaj[e]))
+        return (None, empty) if base is not None else (empty, empty, empty)
+    xmaj = adx[e] >= ady[e]
+    e = e[np.argsort(~xmaj, kind="stable")]  # x-major edges first: contiguous slices, no masks
+    n_x = int(np.count_nonzero(xmaj))
     cnt = cnt[e]
-    first, part = first[e], part_of_v[e]
-    xs_e, ys_e = xs[e].astype(np.float64), ys[e].astype(np.float64)
-    num = np.where(xmaj[e], ye[e] - ys[e], xe[e] - xs[e]).astype(np.float64)
-    s_e = num / np.where(xmaj[e], dx[e], dy[e])
-    total = int(cnt.sum())
+    Xe, X1e, Ye, Y1e = X[e], X1[e], Y[e], Y1[e]
+    sw = np.concatenate([X1e[:n_x] < Xe[:n_x], Y1e[n_x:] < Ye[n_x:]])  # rleFrPoly's flip
+    xs = np.where(sw, X1e, Xe).astype(np.float64)
+    ys = np.where(sw, Y1e, Ye).astype(np.float64)
+    num = np.empty(len(e))
+    num[:n_x] = np.where(sw[:n_x], Ye[:n_x], Y1e[:n_x]) - ys[:n_x]
+    num[n_x:] = np.where(sw[n_x:], Xe[n_x:], X1e[n_x:]) - xs[n_x:]
+    s = num / np.concatenate([adx[e[:n_x]], ady[e[n_x:]]])
+    fe = first[e].astype(np.float64)
+    pe = part_of_v[e]
     start = np.cumsum(cnt) - cnt
-    # per crossing: c = first + 5 k, k = 0 .. cnt - 1
-    k5 = 5.0 * (np.arange(total, dtype=np.float64) - np.repeat(start, cnt))
-    c = np.repeat(first.astype(np.float64), cnt) + k5
-    xsf = np.repeat(xs_e, cnt)
-    ysf = np.repeat(ys_e, cnt)
-    s = np.repeat(s_e, cnt)
-    yr = np.empty(total, np.float64)
-    m = int(start[n_x]) if n_x < len(e) else total  # crossings of x-major edges: [0, m)
+    total = int(start[-1] + cnt[-1])
+    k = np.arange(total, dtype=np.float64) - np.repeat(start.astype(np.float64), cnt)  # step index on its edge
+    m = int(start[n_x]) if n_x < len(e) else total  # steps of x-major edges: [0, m)
+    yr = np.empty(total)
     if m:
-        # v(t) = (int)(ys + s t + .5) with t = u - xs; the point takes min(v(t'), v(t' + 1)),
-        # which is v(t') for s >= 0 and v(t' + 1) for s < 0 (v is monotonic along an edge)
-        sx = s[:m]
-        t = (c[:m] - xsf[:m]) + (sx < 0)
-        yr[:m] = np.trunc((ysf[:m] + sx * t) + 0.5)
+        # v(t) = (int)(ys + s t + .5) at t = c - xs, c = first + 5 k; the point takes the smaller of
+        # v(t), v(t + 1): v(t) for s >= 0, v(t + 1) for s < 0 (v is monotonic along an edge)
+        sx, cx = s[:n_x], cnt[:n_x]
+        t = np.repeat(fe[:n_x] - xs[:n_x] + (sx < 0), cx)
+        t += 5.0 * k[:m]
+        t *= np.repeat(sx, cx)
+        t += np.repeat(ys[:n_x], cx)
+        t += 0.5
+        np.trunc(t, out=yr[:m])
     if m < total:
-        # u(t) = (int)(xs + s t + .5), v = ys + t: the smallest t whose u is past the step; the
-        # point takes v = ys + t - 1. Estimated in closed form, then settled with the exact test.
-        sy, xy, cy = s[m:], xsf[m:], c[m:]
+        # u(t) = (int)(xs + s t + .5), v(t) = ys + t: the step sits between t - 1 and t, the first
+        # t with u(t) >= c + 1 (s > 0) or u(t) <= c (s < 0); the point takes v(t - 1)
+        cy = cnt[n_x:]
+        sy = np.repeat(s[n_x:], cy)
+        xy = np.repeat(xs[n_x:], cy)
+        c = np.repeat(fe[n_x:], cy) + 5.0 * k[m:]
+        est = (c + 0.5 - xy) / sy
         inc = sy > 0
-        est = (cy + 0.5 - xy) / sy
-        t = np.where(inc, np.ceil(est), np.floor(est) + 1.0)
-        lim = cy + 1.0
-
-        def past(tt):
-            u = np.trunc((xy + sy * tt) + 0.5)
-            return np.where(inc, u >= lim, u <= cy)
-
-        before = past(t - 1.0)
-        t = np.where(before, t - 1.0, np.where(past(t), t, t + 1.0))
-        bad = ~past(t) | past(t - 1.0)
-        if bad.any():  # never seen; an exact search keeps the result right regardless
-            for i in np.flatnonzero(bad).tolist():
-                tt = 1.0
-                while not past_one(xy[i], sy[i], cy[i], tt):
-                    tt += 1.0
-                t[i] = tt
-        yr[m:] = ysf[m:] + t - 1.0
-    part = np.repeat(part, cnt)
-    x = ((c - 2.0) / 5.0).astype(np.int64)
-    yd = (yr + 0.5) / 5.0 - 0.5
-    hp = h[part].astype(np.float64)
-    y = np.ceil(np.minimum(np.maximum(yd, 0.0), hp)).astype(np.int64)
+        t = np.floor(est)
+        frac = est - t
+        t += 1.0
+        t[(frac == 0.0) & inc] -= 1.0  # ceil(est) for s > 0, floor(est) + 1 for s < 0
+        near = np.flatnonzero((frac < 1e-6) | (frac > 1.0 - 1e-6))
+        if near.size:
+            t[near] = _settle(t[near], xy[near], sy[near], c[near], inc[near])
+        t += np.repeat(ys[n_x:] - 1.0, cy)
+        yr[m:] = t
+    yr += 0.5
+    yr /= 5.0
+    yr -= 0.5
+    np.maximum(yr, 0.0, out=yr)
+    np.minimum(yr, np.repeat(h[pe].astype(np.float64), cnt), out=yr)
+    np.ceil(yr, out=yr)
     if base is None:
-        return part, x, y
-    return part, base[part] + x * stride[part] + y
+        x = (np.repeat((fe - 2.0) / 5.0, cnt) + k).astype(np.int64)
+        return np.repeat(pe, cnt), x, yr.astype(np.int64)
+    st = stride[pe].astype(np.float64)
+    yr += np.repeat(base[pe] + (fe - 2.0) / 5.0 * st, cnt)
+    yr += k * np.repeat(st, cnt)
+    return None, yr.astype(np.int64)
+
+
+def _settle(t: np.ndarray, xs: np.ndarray, s: np.ndarray, c: np.ndarray, inc: np.ndarray) -> np.ndarray:
+    """The first t past the step (see ``boundary_points``), from an estimate within one, with the C
+    expression; an exact search for any that one step does not settle (not seen)."""
+
+    def past(tt):
+        u = np.trunc((xs + s * tt) + 0.5)
+        return np.where(inc, u >= c + 1.0, u <= c)
+
+    t = np.where(past(t - 1.0), t - 1.0, np.where(past(t), t, t + 1.0))
+    for i in np.flatnonzero(~past(t) | past(t - 1.0)).tolist():
+        tt = 1.0
+        while not past_one(xs[i], s[i], c[i], tt):
+            tt += 1.0
+        t[i] = tt
+    return t
 
 
 def past_one(xs: float, s: float, c: float, t: float) -> bool:
@@ -144,11 +165,14 @@ def past_one(xs: float, s: float, c: float, t: float) -> bool:
     return bool(u >= c + 1.0) if s > 0 else bool(u <= c)
 
 
+CLASS_BITS = 2  # 2 ** CLASS_BITS canvas widths per octave
+
+
 def width_class(ch: np.ndarray) -> np.ndarray:
     """Row length of the canvas that holds a crop of height ``ch`` (its columns are canvas rows):
     ``ch`` rounded up to 4 classes per octave (at most 25 % padding), to share canvases."""
     ch = np.maximum(ch, 1)
-    step = np.left_shift(1, np.maximum(0, np.floor(np.log2(ch)).astype(np.int64) - 2))
+    step = np.left_shift(1, np.maximum(0, np.floor(np.log2(ch)).astype(np.int64) - CLASS_BITS))
     return -(-ch // step) * step
 
 
@@ -219,6 +243,8 @@ def polygon_stats(X: np.ndarray, Y: np.ndarray, vptr: np.ndarray, iptr: np.ndarr
         pbase[mp] = total + np.cumsum(sz) - sz
         total += int(sz.sum())
     _, pos = boundary_points(X, Y, vptr, ch[inst_of_part], cw[inst_of_part], pbase, W[inst_of_part])
+    if total < 2**31:
+        pos = pos.astype(np.int32)  # sorts faster
     pos.sort()
     runs = np.diff(pos, prepend=0, append=total)
     buf = np.repeat((np.arange(runs.size) & 1).astype(np.uint8), runs)

@@ -112,7 +112,7 @@ SCORED_STATUSES = (OK, DEGENERATE_PART)
 
 _MIN_CHUNK = 256
 _MAX_CHUNK = 4096
-_BATCH_PIXELS = 1 << 22  # canvas pixels (bytes) rasterised at once by a worker
+_BATCH_PIXELS = 1 << 23  # canvas pixels (bytes) rasterised at once by a worker
 
 
 class ShapeStats(NamedTuple):
@@ -521,8 +521,14 @@ def _score_raw_chunk(start: int, payload: bytes, contour: str, context: Mapping 
     cpu0 = time.process_time()
     ctx = context if context is not None else _RAW_CONTEXT
     anns = decode_json(payload)
-    prune = _prune_image_ids(anns)
     c = AnnotationChecker(ctx["sizes"], ctx["cats"]).check(anns, 0, len(anns), geometry=True, crowd_geometry=False)
+    # the image id as pruning reads it: the checker's where it read the ids, else looked up
+    prune_ok = c.status != INVALID_ANNOTATION
+    prune = (c.image_id.copy(), prune_ok)
+    bad = np.flatnonzero(~prune_ok)
+    if bad.size:
+        ids, ok = _prune_image_ids([anns[k] for k in bad.tolist()])
+        prune[0][bad], prune_ok[bad] = ids, ok
     del anns
     st = c.status
     st[c.crowd & ((st == OK) | (st == DEGENERATE_PART))] = CROWD  # a crowd region is never scored
@@ -840,10 +846,11 @@ def prune_coco(coco_dict: Mapping, kept_ids: Iterable[int]) -> dict:
     return out
 
 
-def prune_raw(top: Mapping, result: ScoreResult, kept_ids: Iterable[int]) -> tuple[bytes, int, int]:
-    """``prune_coco`` of a file read by ``jsonio.read_coco_lazy`` and scored by ``score_raw``, as
-    compact JSON bytes, with the numbers of images and annotations kept. The kept annotations are
-    copied as the file wrote them (never parsed here); everything else as ``prune_coco`` does."""
+def prune_raw(top: Mapping, result: ScoreResult, kept_ids: Iterable[int]) -> tuple[Iterator[bytes], int, int]:
+    """``prune_coco`` of a file read by ``jsonio.read_coco_lazy`` and scored by ``score_raw``: the
+    compact JSON text as consecutive pieces (write them in order), and the numbers of images and
+    annotations kept. The kept annotations are copied as the file wrote them (never parsed here),
+    in blocks, so the whole text never exists at once; everything else as ``prune_coco`` does."""
     import msgspec
 
     kept = {int(i) for i in kept_ids}
@@ -857,11 +864,21 @@ def prune_raw(top: Mapping, result: ScoreResult, kept_ids: Iterable[int]) -> tup
     raw = top.get("annotations", [])
     if result.prune_image_id is None or len(result.prune_image_id) != len(raw):
         raise ValueError("prune_raw needs the ScoreResult of the same annotations (score_raw)")
-    sel = np.flatnonzero(result.prune_image_ok & np.isin(result.prune_image_id, np.fromiter(seen, np.int64, len(seen))))
+    ids = np.fromiter(seen, np.int64, len(seen))
+    sel = np.flatnonzero(result.prune_image_ok & np.isin(result.prune_image_id, ids)).tolist()
     out["images"] = images
-    out["annotations"] = msgspec.Raw(b"[" + b",".join([raw[k] for k in sel.tolist()]) + b"]")
+    out["annotations"] = msgspec.Raw(b"\x00")  # JSON text never holds a raw NUL byte: a safe marker
     out.setdefault("categories", [])
-    return msgspec.json.encode(out), len(images), int(sel.size)
+    head, tail = msgspec.json.encode(out).split(b"\x00")
+
+    def pieces() -> Iterator[bytes]:
+        yield head + b"["
+        for i in range(0, len(sel), 65536):
+            block = sel[i:i + 65536]
+            yield (b"," if i else b"") + b",".join([raw[k] for k in block])
+        yield b"]" + tail
+
+    return pieces(), len(images), len(sel)
 
 
 # --------------------------------------------------------------------------------------------------
