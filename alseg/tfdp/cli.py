@@ -148,8 +148,11 @@ def images_per_class(result: ScoreResult, image_ids: np.ndarray | None = None) -
     if image_ids is not None:
         sel = np.isin(img, image_ids)
         img, cat = img[sel], cat[sel]
-    pairs = np.unique(np.stack([cat, img], axis=1), axis=0) if len(img) else np.zeros((0, 2), np.int64)
-    cats, counts = np.unique(pairs[:, 0], return_counts=True)
+    order = np.lexsort((img, cat))  # distinct (category, image) pairs: sorted, then first of each run
+    cat, img = cat[order], img[order]
+    first = np.ones(len(cat), dtype=bool)
+    first[1:] = (cat[1:] != cat[:-1]) | (img[1:] != img[:-1])
+    cats, counts = np.unique(cat[first], return_counts=True)
     return dict(zip(cats.tolist(), counts.tolist()))
 
 
