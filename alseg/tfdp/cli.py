@@ -4,7 +4,14 @@
         --out kept.json --scores scores.csv [--instance-scores inst.csv]
 
 Writes the kept subset as COCO JSON, a CSV ``image_id,score,kept,rank`` (every image, best first)
-and optionally per-instance scores; prints images per class before/after, problems and timings.
+and optionally per-instance scores; prints images per class before/after, problems, the time of
+each step (load, scoring, select, write) and the peak memory of the command and of its workers.
+
+Speed: the file is parsed with msgspec, the annotations left as JSON text that the scoring workers
+parse, validate and score (``alseg.tfdp.scoring.score_raw``); the kept annotations are copied to
+``--out`` as the input wrote them. With ``--plot-*`` the whole file is parsed here (the figures
+need the annotations). Scores are cached by the file's sha1, the variant, the contour option and
+the scoring version (``--cache-dir``, ``--no-cache``).
 
 Figures (``alseg.tfdp.plots``): ``--plot-scores scores.png`` (instance scores per class) and
 ``--plot-examples examples.png --images DIR [--num-examples 4]`` (kept images with the highest

@@ -39,12 +39,19 @@ Choices the paper leaves open, and what this module does:
   scores are broken by image id (smaller id first) so that selection is deterministic.
 * **Kept count** for a ratio: ``round(keep * n_images)`` (half up), at least 1.
 
-Speed: a polygon is rasterised only inside its bounding box (+1 px margin, clipped to the image),
-with its coordinates shifted so that pycocotools produces exactly the pixels it would produce on the
-full image (see ``_shift_coords``); an RLE is decoded then cropped to its box before tracing. The
-parent validates the annotations chunk by chunk (``alseg.data.validation.AnnotationChecker``, which
-also builds the compact numpy chunks: coordinates, offsets, sizes) and a process pool scores the
-chunks; a worker never holds more than one mask at a time.
+Speed (about 30 us of CPU per instance at COCO scale, ``benchmarks/tfdp_speed.py``):
+
+* a polygon is rasterised only inside its bounding box (+1 px margin, clipped to the image), on
+  pycocotools' 5x grid shifted by the box origin (``alseg.tfdp.raster.upsampled``), which gives the
+  pixels the per-instance pycocotools code gave (the scores are bit-identical to it, see
+  tests/test_tfdp_raster.py); an RLE is decoded then cropped to its box before tracing;
+* the polygons of a chunk are rasterised and traced in batches (``alseg.tfdp.raster.polygon_stats``):
+  boundary points in closed form, packed canvases filled with one ``np.repeat``, one
+  ``findContours`` per canvas, perimeter and area from the contour points with numpy;
+* ``score_dataset`` (a dict in memory) validates in the parent chunk by chunk
+  (``alseg.data.validation.AnnotationChecker``, which also builds the compact numpy chunks) and a
+  process pool scores the chunks; ``score_raw`` (``alseg-prune``) leaves the annotations as JSON
+  text in the parent and the workers parse, validate and score them, so parsing is shared too.
 """
 
 from __future__ import annotations
