@@ -105,3 +105,19 @@ def test_sigterm_during_a_run_then_the_same_command_resumes(tmp_path):
 
 def _read(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
+
+
+def test_alseg_prune_stops_on_sigterm_with_143_and_a_line_of_its_own(tmp_path, monkeypatch, capsys):
+    from alseg.tfdp import cli
+
+    def run(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+
+    monkeypatch.setattr(cli, "run", run)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--ann", str(tmp_path / "a.json"), "--keep", "0.5", "--out", str(tmp_path / "o.json"),
+                  "--scores", str(tmp_path / "s.csv")])
+    assert info.value.code == 143
+    err = capsys.readouterr().err
+    assert err.startswith("\nalseg-prune: interrupted (SIGTERM); every output file is whole or untouched")

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from alseg import interrupts
 from alseg.errors import AlsegError, ConfigError
 from alseg.files import WriteError, make_dirs
 from alseg.tfdp.jsonio import dump_json, gc_paused, read_coco, read_coco_lazy
@@ -269,12 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        with interrupts.handled():  # SIGTERM as Ctrl-C; outputs are written atomically
+            return run(args)
     except AlsegError as e:
         msg = " ".join(str(e).split())  # one line, always
         parser.exit(2, f"{PROG}: error: {msg}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, f"{PROG}: interrupted\n")
+    except KeyboardInterrupt as e:
+        name = getattr(e, "signal_name", "SIGINT")
+        parser.exit(interrupts.exit_code_of(e), f"\n{PROG}: interrupted ({name}); every output file is "
+                                                f"whole or untouched (atomic writes); run the command again\n")
 
 
 if __name__ == "__main__":
