@@ -39,6 +39,21 @@ _lazy_decoder = msgspec.json.Decoder(dict[str, Union[list[msgspec.Raw], dict[str
 
 
 @contextlib.contextmanager
+def _hashed(raw: bytes, digest: bool) -> Iterator["hashlib._Hash"]:
+    """The SHA-1 of ``raw``, computed in a thread while the block parses it (hashlib releases the
+    GIL on large buffers); complete when the block ends. Without ``digest`` nothing is hashed."""
+    sha1 = hashlib.sha1()
+    hasher = threading.Thread(target=sha1.update, args=(raw,), daemon=True) if digest else None
+    if hasher is not None:
+        hasher.start()
+    try:
+        yield sha1
+    finally:
+        if hasher is not None:
+            hasher.join()
+
+
+@contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside the block (state restored after): building millions of
     containers otherwise triggers full collections over all of them again and again."""
@@ -80,11 +95,7 @@ def read_coco(path: str | os.PathLike, digest: bool = True) -> LoadedJson:
     except OSError:
         load_json(path)  # the same DataError as the training loader's
         raise DataError(f"{path}: cannot be read") from None
-    sha1 = hashlib.sha1()
-    hasher = threading.Thread(target=sha1.update, args=(raw,), daemon=True) if digest else None
-    if hasher is not None:
-        hasher.start()
-    try:
+    with _hashed(raw, digest) as sha1:
         with gc_paused():
             try:
                 data, strict = _decoder.decode(raw), True
@@ -93,9 +104,6 @@ def read_coco(path: str | os.PathLike, digest: bool = True) -> LoadedJson:
         if not strict:
             with gc_paused():
                 data = load_json(path)
-    finally:
-        if hasher is not None:
-            hasher.join()
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
     return LoadedJson(data, sha1.hexdigest() if digest else "", strict, len(raw))
@@ -112,22 +120,14 @@ def read_coco_lazy(path: str | os.PathLike, digest: bool = True) -> LoadedJson:
         raw = path.read_bytes()
     except OSError:
         return read_coco(path, digest)  # its DataError
-    sha1 = hashlib.sha1()
-    hasher = threading.Thread(target=sha1.update, args=(raw,), daemon=True) if digest else None
-    if hasher is not None:
-        hasher.start()
-    try:
-        with gc_paused():
-            try:
-                top = _lazy_decoder.decode(raw)
-                for key in ("images", "categories"):
-                    if isinstance(top.get(key), list):
-                        top[key] = decode_json(b"[" + b",".join(top[key]) + b"]")
-            except (msgspec.DecodeError, ValueError):
-                top = None
-    finally:
-        if hasher is not None:
-            hasher.join()
+    with _hashed(raw, digest) as sha1, gc_paused():
+        try:
+            top = _lazy_decoder.decode(raw)
+            for key in ("images", "categories"):
+                if isinstance(top.get(key), list):
+                    top[key] = decode_json(b"[" + b",".join(top[key]) + b"]")
+        except (msgspec.DecodeError, ValueError):
+            top = None
     if top is None:
         return read_coco(path, digest)
     return LoadedJson(top, sha1.hexdigest() if digest else "", True, len(raw), lazy=True)

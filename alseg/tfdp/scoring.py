@@ -828,20 +828,27 @@ def select_top(image_scores: Any, keep: float | None = None, count: int | None =
     return ranked[:k]
 
 
+def _kept_images(images: Iterable, kept_ids: Iterable[int]) -> tuple[list, set[int]]:
+    """The image entries whose id is kept, in file order, the first of a repeated id only; and
+    the set of their ids."""
+    kept = {int(i) for i in kept_ids}
+    out, seen = [], set()
+    for img in images:
+        iid = img.get("id") if isinstance(img, dict) else None
+        if is_int(iid) and iid in kept and iid not in seen:
+            seen.add(iid)
+            out.append(img)
+    return out, seen
+
+
 def prune_coco(coco_dict: Mapping, kept_ids: Iterable[int]) -> dict:
     """A COCO dict with only the kept images (file order) and all their annotations (crowd too).
 
     Every other top-level field (info, licenses, categories, ...) is kept as is; every category is
     kept even when no kept image holds it.
     """
-    kept = {int(i) for i in kept_ids}
     out = {k: v for k, v in coco_dict.items() if k not in ("images", "annotations")}
-    images, seen = [], set()
-    for img in coco_dict.get("images", []):
-        iid = img.get("id") if isinstance(img, dict) else None
-        if is_int(iid) and iid in kept and iid not in seen:
-            seen.add(iid)
-            images.append(img)
+    images, seen = _kept_images(coco_dict.get("images", []), kept_ids)
     anns = []
     for a in coco_dict.get("annotations", []):
         iid = a.get("image_id") if isinstance(a, dict) else None
@@ -860,14 +867,8 @@ def prune_raw(top: Mapping, result: ScoreResult, kept_ids: Iterable[int]) -> tup
     in blocks, so the whole text never exists at once; everything else as ``prune_coco`` does."""
     import msgspec
 
-    kept = {int(i) for i in kept_ids}
     out = {k: v for k, v in top.items() if k not in ("images", "annotations")}
-    images, seen = [], set()
-    for img in top.get("images", []):
-        iid = img.get("id") if isinstance(img, dict) else None
-        if is_int(iid) and iid in kept and iid not in seen:
-            seen.add(iid)
-            images.append(img)
+    images, seen = _kept_images(top.get("images", []), kept_ids)
     raw = top.get("annotations", [])
     if result.prune_image_id is None or len(result.prune_image_id) != len(raw):
         raise ValueError("prune_raw needs the ScoreResult of the same annotations (score_raw)")
