@@ -363,9 +363,16 @@ class ActiveLearningLoop:
         held in memory and goes to run.log once it is opened."""
         early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
         logging.getLogger().addHandler(early)
+        # run.log gets alseg's INFO lines however alseg is called (the CLI sets INFO; a Python
+        # caller's root logger may be at WARNING); the level is restored afterwards.
+        alseg_log = logging.getLogger("alseg")
+        level = alseg_log.level
+        if alseg_log.getEffectiveLevel() > logging.INFO:
+            alseg_log.setLevel(logging.INFO)
         try:
             return self._run(early)
         finally:
+            alseg_log.setLevel(level)
             logging.getLogger().removeHandler(early)
             early.close()
 
