@@ -139,8 +139,9 @@ class InstanceSegmenter(nn.Module, ABC):
             raise NotImplementedError(f"{type(self).__name__} offers no prediction sets")
         if not flip:
             return self._prediction_sets_once(image, gt_boxes, gt_labels, match_iou, scale)
-        w = image.shape[-1]
-        fboxes = gt_boxes[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor([w, 0.0, w, 0])
+        w, dev = image.shape[-1], gt_boxes.device
+        fboxes = (gt_boxes[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1], device=dev)
+                  + torch.tensor([w, 0.0, w, 0], device=dev))
         flipped = self._prediction_sets_once(image.flip(-1), fboxes, gt_labels, match_iou, scale)
         return [(p.flip(-1), b[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1], device=b.device)
                  + torch.tensor([w, 0.0, w, 0], device=b.device)) for p, b in flipped]
