@@ -19,7 +19,8 @@ Checks, each run once per checkout in a subprocess (``PYTHONPATH`` = that checko
 (--full) the default experiment (`alseg`) and `alseg experiment=apis_fig2a` (seed 0): results.jsonl.
 
 Equal means: tensors/arrays with the same dtype, shape and bytes; records equal as JSON text (NaN
-included). Prints one line per check and exits 1 when any differs. On 2 CPU cores (c) takes a few
+included), except APIS's boundary-distance analysis keys (NONDETERMINISTIC: cv2's precise distance
+transform is not deterministic), equal to a relative 1e-5 and listed. Prints one line per check and exits 1 when any differs. On 2 CPU cores (c) takes a few
 minutes per checkout; --full adds the default experiment (~10 min) and apis_fig2a (longer) twice.
 """
 
@@ -43,6 +44,10 @@ FAST = [
     "trainer.finetune.iters=4", "al.initial=4", "al.budget=4", "al.rounds=2",
     "logger=files", "~logger.console", "progress=false", "device=cpu",
 ]
+# Record keys computed with cv2.distanceTransform(DIST_MASK_PRECISE) (ApisPoints.analyze), which
+# differs between identical calls by up to ~5e-7 (even with cv2.setNumThreads(1)): two runs of the
+# same code may differ there in the 7th-8th digit. Compared to a relative 1e-5, and named.
+NONDETERMINISTIC = {"selection/boundary_distance", "selection/boundary_distance_random"}
 POOL_FIELDS = ("image_ids", "image_index", "boxes", "scores", "labels", "class_probs", "mask_probs", "embeddings",
                "image_embeddings", "pred_iou")
 LOOPS = {
@@ -149,9 +154,9 @@ def loops(out: Path, names: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
                 cfg = compose("config", overrides=[f"paths.cache_dir={tmp}/cache", *FAST, *LOOPS[name]])
-            res[name] = json.dumps(ActiveLearningLoop(cfg, Path(tmp) / "run").run(), sort_keys=True)
+            res[name] = ActiveLearningLoop(cfg, Path(tmp) / "run").run()
         print(f"  {name}: done", file=sys.stderr, flush=True)
-    out.write_text(json.dumps(res))
+    out.write_text(json.dumps(res, sort_keys=True))
 
 
 def full(out: Path) -> None:
@@ -167,6 +172,24 @@ def full(out: Path) -> None:
 
 
 # ------------------------------------------------------------------ compare two checkouts
+def _records_equal(a: list[dict], b: list[dict]) -> tuple[bool, list[str]]:
+    """Round records equal as JSON text, but for NONDETERMINISTIC keys, equal to a relative 1e-5;
+    with the names of those that differed within it."""
+    if len(a) != len(b):
+        return False, []
+    loose = []
+    for x, y in zip(a, b):
+        for key in sorted(set(x) | set(y)):
+            if json.dumps(x.get(key)) == json.dumps(y.get(key)):
+                continue
+            if key in NONDETERMINISTIC and isinstance(x.get(key), float) and isinstance(y.get(key), float) \
+                    and abs(x[key] - y[key]) <= 1e-5 * max(abs(x[key]), abs(y[key])):
+                loose.append(f"round {x['round']} {key}: {x[key]!r} vs {y[key]!r}")
+                continue
+            return False, [f"round {x.get('round')} {key}: {x.get(key)!r} vs {y.get(key)!r}"]
+    return True, loose
+
+
 def _equal(a, b) -> bool:
     import numpy as np
 
@@ -213,7 +236,11 @@ def main() -> int:
                 outs.append(pickle.loads(out.read_bytes()) if what == "quick" else json.loads(out.read_text()))
             before, after = outs
             for key in sorted(set(before) | set(after)):
-                ok = key in before and key in after and _equal(before[key], after[key])
+                notes = []
+                if what == "quick":
+                    ok = key in before and key in after and _equal(before[key], after[key])
+                else:
+                    ok, notes = _records_equal(before[key], after[key]) if key in before and key in after else (False, [])
                 failed += not ok
                 extra_info = ""
                 if what == "full" and ok:
@@ -221,6 +248,8 @@ def main() -> int:
                     extra_info = (f"  (last round {last['round']}: mask AP {last['mask_AP']:.4f}, "
                                   f"mask AP50 {last['mask_AP50']:.4f}, box AP {last['box_AP']:.4f})")
                 print(f"{'EQUAL' if ok else 'DIFFERENT':>9}  {what}/{key}{extra_info}", flush=True)
+                for note in notes:
+                    print(f"{'':>11}{'within 1e-5 (cv2 nondeterminism)' if ok else 'first difference'}: {note}")
     print("all equal" if not failed else f"{failed} check(s) differ")
     return 1 if failed else 0
 
