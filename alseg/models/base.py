@@ -33,6 +33,13 @@ checks them before round 0 with one-line errors):
 Pool inference: ``predict_instances`` (see its docstring) gives per detection the class scores in
 the layout ``model.class_prob_layout``, mask probabilities in the box frame at ``model.mask_size``
 (``MASK_FRAME``), an instance embedding and an image embedding.
+
+How a one-stage family fits (CondInst): ``class_prob_layout = SIGMOID`` (per-class scores; TAUDIS
+reads them through ``class_distribution``); its full-image mask probabilities (stride 4 of the
+resized input) become box-frame maps with ``image_masks_to_box(masks, boxes_resized, M, stride=4)``;
+its prediction set of an instance is its FCOS positive locations, each with its own dynamic mask
+head output (maps over any frame box, e.g. the ground-truth box, or the whole image); ``scale``
+resizes a copy of its input transform (``resized_copy``), never the model's own.
 """
 
 from __future__ import annotations
