@@ -82,7 +82,6 @@ def test_distance_to_boundary_by_hand():
 def test_flip_prediction_set_maps_back_to_the_original_frame():
     import torch
 
-    from alseg.models.instance_inference import anchor_predictions
     from alseg.models.maskrcnn import build_maskrcnn
     from alseg.strategies.apis import ApisPoints
 
@@ -94,7 +93,8 @@ def test_flip_prediction_set_maps_back_to_the_original_frame():
     plain = ApisPoints(match_iou=0.1)._prediction_sets(model, image, boxes, labels)
     both = ApisPoints(match_iou=0.1, flip=True)._prediction_sets(model, image, boxes, labels)
     # The flipped run on its own: the mirrored image and the mirrored box (x -> 64 - x).
-    probs_f, boxes_f = anchor_predictions(model, image.flip(-1), torch.tensor([[34.0, 12.0, 54.0, 40.0]]), labels, 0.1)[0]
+    probs_f, boxes_f = model.prediction_sets(image.flip(-1), torch.tensor([[34.0, 12.0, 54.0, 40.0]]), labels,
+                                             match_iou=0.1)[0]
     k, kf = len(plain[0][0]), len(probs_f)
     assert k + kf > 0 and len(both[0][0]) == k + kf
     # The flipped run's maps and proposals come back mirrored into the original frame.

@@ -49,11 +49,11 @@ from alseg.files import (DamagedFileError, atomic_torch_save, atomic_write_json,
                          check_zip, load_model_state, make_dirs, missing_as_none, write_error)
 from alseg.instantiate import build
 from alseg.run_naming import RESUMABLE_CHANGES  # keys that may change on resume (and stay out of run names)
-from alseg.models.mask_iou_head import iou_prediction_errors, train_mask_iou_head
-from alseg.models.point_supervision import PointSupRoIHeads
+from alseg.models.base import CAPABILITIES, check_model
+from alseg.models.mask_iou_head import iou_prediction_errors
 from alseg.predictions import infer_pool
 from alseg.strategies.base import (ENSEMBLE, MASK_IOU_HEAD, NEEDS, NEEDS_A_TRAINED_MODEL, POINT_SUPERVISION,
-                                   REFERENCE_MODEL, SelectionContext, Strategy)
+                                   PREDICTION_SETS, REFERENCE_MODEL, SelectionContext, Strategy)
 from alseg.writers.base import WriterGroup
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class ActiveLearningLoop:
         """A fresh copy of the initial model (built once, from the seed: the same on resume)."""
         if self._initial_model is None:
             torch.manual_seed(self.seed)
-            self._initial_model = build(self.cfg.model, "model", num_classes=num_classes).to(self.device)
+            self._initial_model = check_model(build(self.cfg.model, "model", num_classes=num_classes)).to(self.device)
         return copy.deepcopy(self._initial_model)
 
     def _strategy(self, node, what: str) -> Strategy:
@@ -156,10 +156,11 @@ class ActiveLearningLoop:
         round 0, with one-line ConfigErrors): names from the vocabulary ``NEEDS``; no need of a
         trained model in a strategy that labels round 0; the model capabilities they need."""
         model = self._initial_model
-        capabilities = {MASK_IOU_HEAD: getattr(model, "mask_iou_head", None) is not None,
-                        POINT_SUPERVISION: isinstance(getattr(model, "roi_heads", None), PointSupRoIHeads)}
+        capabilities = {need: need in model.capabilities for need in sorted(CAPABILITIES)}
         fixes = {MASK_IOU_HEAD: "use a model with one (e.g. model=maskrcnn_r18_small_iou, or set model.mask_iou)",
-                 POINT_SUPERVISION: "use model.point_supervision=true (e.g. model=maskrcnn_r18_small_points)"}
+                 POINT_SUPERVISION: "use model.point_supervision=true (e.g. model=maskrcnn_r18_small_points)",
+                 PREDICTION_SETS: f"the {model.family} model family offers none; use a Mask R-CNN model "
+                                  f"(e.g. model=maskrcnn_r18_small_points)"}
         used = [(strategy, "strategy")] if self.rounds >= 1 else []
         if not self.cfg.al.get("initial_run"):
             used.append((initial_strategy, "al.initial_strategy"))
@@ -566,7 +567,7 @@ class ActiveLearningLoop:
         training returns; the checkpoint is written to round_k/model.pt."""
         views = ledger.training_views()
         partial = [i for i, v in views.items() if v.box_ann_ids - v.mask_ann_ids]
-        if partial and not isinstance(self._initial_model.roi_heads, PointSupRoIHeads):
+        if partial and POINT_SUPERVISION not in self._initial_model.capabilities:
             raise ConfigError("instances labeled by boxes or points need model.point_supervision=true")
         if self.cfg.al.policy == "finetune" and k > 0:
             model = self._model_of(k - 1, current)
@@ -577,9 +578,9 @@ class ActiveLearningLoop:
         seed = self.seed * 1009 + k
         dataset = TrainingSet(data.train, views, self.transforms, seed=seed)
         losses = self._fit(model, dataset, cfg, f"round {k} train", seed)
-        if getattr(model, "mask_iou_head", None) is not None:
-            losses |= train_mask_iou_head(model, dataset, device=self.device, seed=seed, progress=self.progress,
-                                          batch_size=self.train_cfg.batch_size, **model.mask_iou_cfg)
+        if MASK_IOU_HEAD in model.capabilities:
+            losses |= model.train_mask_iou_head(dataset, device=self.device, seed=seed, progress=self.progress,
+                                                batch_size=self.train_cfg.batch_size)
         atomic_torch_save({"model": model.state_dict(), "round": k}, self.round_dir(k) / "model.pt")
         if self.cfg.al.keep_checkpoints == "last" and k > 0:
             (self.round_dir(k - 1) / "model.pt").unlink(missing_ok=True)
@@ -606,7 +607,7 @@ class ActiveLearningLoop:
             record["pruning_rate"] = 1.0 - counts["labeled_images"] / pool
         if trained is not None:
             record.update(trained.record())
-        if getattr(model, "mask_iou_head", None) is not None:
+        if MASK_IOU_HEAD in model.capabilities:
             record.update(iou_prediction_errors(model, data.val, device=self.device))
         record.update(selected.record())
         record.update(data_keys)
