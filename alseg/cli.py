@@ -14,6 +14,10 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from alseg import interrupts
 from alseg.errors import AlsegError
 from alseg.run_naming import legacy_run_name, run_name
 
@@ -72,6 +76,9 @@ def _hydra_errors_in_one_line(hydra_main):
         except HydraException as e:
             print(f"alseg: error: {_hydra_error_line(e)}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:  # `alseg --help | head`: the reader left; as Python's docs advise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         finally:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 
@@ -84,6 +91,20 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _interrupted(e: KeyboardInterrupt, run_dir: Path) -> int:
+    """Say on a line of its own (not after a progress bar's) how to go on; the exit code."""
+    name = getattr(e, "signal_name", "SIGINT")
+    if (run_dir / "state.json").is_file():
+        advice = f"every finished phase is saved in {run_dir}; run the same command again to resume"
+    else:
+        advice = "nothing was written; run the same command again to start"
+    for bar in list(getattr(tqdm, "_instances", ())):  # bars the unwinding left open (leave=False: erased)
+        bar.close()
+    sys.stdout.flush()
+    print(f"\nalseg: interrupted ({name}); {advice}", file=sys.stderr, flush=True)
+    return interrupts.exit_code_of(e)
+
+
 @_hydra_errors_in_one_line
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
@@ -91,7 +112,9 @@ def main(cfg: DictConfig) -> float | None:
 
     run_dir = run_dir_of(cfg)
     try:
-        records = ActiveLearningLoop(cfg, run_dir).run()
+        # Log lines go above the progress bars (tqdm.write), not into them.
+        with interrupts.handled(), logging_redirect_tqdm():
+            records = ActiveLearningLoop(cfg, run_dir).run()
     except AlsegError as e:
         _fail(str(e))
     except OSError as e:  # a file or folder the OS refused (permissions, disk full, ...): name it
@@ -100,9 +123,8 @@ def main(cfg: DictConfig) -> float | None:
         from alseg.files import os_error_reason
 
         _fail(f"{e.filename}: {os_error_reason(e)}; check the path, its permissions and the free disk space")
-    except KeyboardInterrupt:
-        print(f"alseg: interrupted; run the same command again to resume {run_dir}", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (alseg.interrupts), after the write in progress
+        sys.exit(_interrupted(e, run_dir))
     last = records[-1] if records else {}
     log.info("results: %s  plot: %s", run_dir / "results.jsonl", run_dir / "ap_vs_hours.png")
     return last.get("mask_AP")

@@ -20,10 +20,73 @@ def mean_std_by_round(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.
     return np.array(rounds), vals.mean(0), vals.std(0)
 
 
-def plot_ap_vs_cost(groups: dict[str, list[list[dict]]], path: str | Path, metrics=("mask_AP", "mask_AP50")) -> Path:
-    """One row per metric; columns: against labeled images, against annotation hours.
-    Each group is a list of runs (seeds); the line is the mean, the band one std."""
-    fig, axes = plt.subplots(len(metrics), 2, figsize=(10, 3.6 * len(metrics)), squeeze=False)
+# Strategy config keys whose value says which variant runs (e.g. apis' metric "entropy").
+STRATEGY_KEY_PARAMS = ("metric", "aggregation", "level", "variant")
+MAX_STRATEGY_LABEL = 48  # characters; longer, the label is the strategy's name alone
+
+
+def strategy_label(strategy: dict | None) -> str:
+    """A short name of a strategy config (a dict as in config.yaml): its ``name``, then its key
+    parameters in brackets where they fit, e.g. ``taudis (se)``, ``apis (entropy, anchors)``,
+    ``apis (entropy, anchors+scales+flip)``. A value already a ``_``-separated part of the name is
+    left out (``mean_se``, not ``mean_se (se, mean)``). APIS's prediction set (``scales``, ``flip``,
+    ``models`` keys; Sec. 3.2) is named as the sets it joins. "?" for a missing config."""
+    if not isinstance(strategy, dict):
+        return "?"
+    name = str(strategy.get("name") or str(strategy.get("_target_", "?")).rsplit(".", 1)[-1])
+    tokens = set(name.split("_"))
+    params = [str(strategy[k]) for k in STRATEGY_KEY_PARAMS
+              if isinstance(strategy.get(k), str) and strategy[k] not in tokens]
+    if any(k in strategy for k in ("scales", "flip", "models")):
+        sets = ["anchors"] + (["scales"] if strategy.get("scales") else []) + (["flip"] if strategy.get("flip") else [])
+        models = strategy.get("models")
+        if isinstance(models, int) and not isinstance(models, bool) and models > 1:
+            sets.append(f"{models} models")
+        params.append("+".join(sets))
+    label = f"{name} ({', '.join(params)})" if params else name
+    return label if len(label) <= MAX_STRATEGY_LABEL else name
+
+
+def run_title(config: dict, run_dir: str | Path | None = None) -> str:
+    """Two lines naming a run: strategy (``strategy_label``), dataset and seed of its resolved
+    config (a dict; missing keys are left out), then the run folder as ``<experiment>/<run>``."""
+    config = config if isinstance(config, dict) else {}
+    dataset = config.get("dataset")
+    parts = []
+    if "strategy" in config:
+        parts.append(f"strategy {strategy_label(config['strategy'])}")
+    if isinstance(dataset, dict) and dataset.get("name"):
+        parts.append(f"dataset {dataset['name']}")
+    if "seed" in config:
+        parts.append(f"seed {config['seed']}")
+    lines = [",  ".join(parts)] if parts else []
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        lines.append(f"run {run_dir.parent.name}/{run_dir.name}")
+    return "\n".join(lines)
+
+
+def axis_label(key: str) -> str:
+    """An axis label with its unit: ``labeled_images`` -> "labeled images", ``hours`` -> "annotation
+    hours", an AP key (``mask_AP``, ``box_AP50``, ``mask_AP/cat``) -> itself with "(0-1)"."""
+    if key == "labeled_images":
+        return "labeled images"
+    if key == "hours":
+        return "annotation hours"
+    return f"{key} (0-1)" if "AP" in key else key
+
+
+def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "mask_AP50"), title: str = "",
+                      count_seeds: bool = True):
+    """The figure of ``plot_ap_vs_cost`` (matplotlib Figure, open; the caller saves or closes it).
+
+    One row per metric; columns: against labeled images, against annotation hours (both means over
+    the group's runs). Each group is a list of runs (seeds), each run a list of result records; the
+    line is the mean, the band one population std (ddof=0), drawn where a group has more than one
+    run. Legend entries are the group labels, with "(n seeds)" when ``count_seeds``. ``title`` is
+    the figure's suptitle (constrained layout keeps it clear of the panels)."""
+    fig = plt.figure(figsize=(10, 3.6 * len(metrics) + (0.4 if title else 0)), layout="constrained")
+    axes = fig.subplots(len(metrics), 2, squeeze=False)
     for row, metric in enumerate(metrics):
         for col, xkey in enumerate(("labeled_images", "hours")):
             ax = axes[row, col]
@@ -32,17 +95,25 @@ def plot_ap_vs_cost(groups: dict[str, list[list[dict]]], path: str | Path, metri
                 if not len(rounds):
                     continue
                 _, x, _ = mean_std_by_round(runs, xkey)
-                n = f" (n={len(runs)})" if len(runs) > 1 else ""
+                n = f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if count_seeds else ""
                 ax.plot(x, y, marker="o", label=label + n)
                 if len(runs) > 1:
                     ax.fill_between(x, y - ys, y + ys, alpha=0.2)
-            ax.set_xlabel("labeled images" if xkey == "labeled_images" else "annotation hours")
-            ax.set_ylabel(metric)
+            ax.set_xlabel(axis_label(xkey))
+            ax.set_ylabel(axis_label(metric))
             ax.grid(alpha=0.3)
-            if groups:
+            if ax.lines:
                 ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_ap_vs_cost(groups: dict[str, list[list[dict]]], path: str | Path, metrics=("mask_AP", "mask_AP50"),
+                    title: str = "", count_seeds: bool = True) -> Path:
+    """Write ``ap_vs_cost_figure(groups, metrics, title, count_seeds)`` to ``path`` (PNG, 100 dpi,
+    atomically); returns the path. Raises DataError when it cannot be written."""
+    return save_figure(ap_vs_cost_figure(groups, metrics, title, count_seeds), path)
 
 
 def save_figure(fig, path: str | Path) -> Path:

@@ -4,9 +4,12 @@ them without importing ``alseg.engine``.
 - ``predict``: per image, the model's detections with masks pasted to the image (evaluation,
   visualisation, mask-entropy scores).
 - ``infer_pool``: inference on the pool, once per round, keeping only compact per-instance arrays
-  (``PoolPredictions``): RoI-resolution mask probabilities (never pasted to image size), class
-  distributions and embeddings, in float16 where precision does not matter. Strategies read it
-  through ``ctx.get("pool_predictions")``.
+  (``PoolPredictions``): box-frame mask probabilities (never pasted to image size), class scores
+  and embeddings, in float16 where precision does not matter. Strategies read it through
+  ``ctx.get("pool_predictions")``.
+
+Both call only the model interface (``alseg.models.base.InstanceSegmenter``): ``model(images)``
+and ``model.predict_instances``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from tqdm import tqdm
 
 from alseg.data.coco import CocoDataset
 from alseg.data.torch_dataset import ImageSet, collate
-from alseg.models.instance_inference import predict_instances
+from alseg.models.base import (MASK_IOU_HEAD, SOFTMAX_WITH_BACKGROUND, class_distribution,
+                               class_prob_columns)
 
 
 @torch.no_grad()
@@ -44,16 +48,25 @@ def predict(model, data: CocoDataset, image_ids=None, device="cpu", batch_size: 
 
 @dataclass
 class PoolPredictions:
+    """Per-instance arrays of a model's detections on some images (``alseg.models.base`` says what
+    each family puts in them)."""
+
     image_ids: list[int]  # the images inferred, in order
     image_index: np.ndarray  # (n,) int64: row of each instance's image in image_ids
     boxes: np.ndarray  # (n, 4) float32 xyxy, original image frame
     scores: np.ndarray  # (n,) float32
     labels: np.ndarray  # (n,) int64, 1..C
-    class_probs: np.ndarray  # (n, C + 1) float32, column 0 background
-    mask_probs: np.ndarray  # (n, M, M) float16, predicted class, RoI resolution
-    embeddings: np.ndarray  # (n, D) float32, mask-branch features, average-pooled
-    image_embeddings: np.ndarray  # (len(image_ids), D') float32, finest FPN level, average-pooled
+    class_probs: np.ndarray  # (n, C + 1) or (n, C) float32 as the model gives them: see class_prob_layout
+    mask_probs: np.ndarray  # (n, M, M) float16, predicted class, over the detection box (base.MASK_FRAME)
+    embeddings: np.ndarray  # (n, D) float32, the family's instance embedding (Mask R-CNN: mask head, pooled)
+    image_embeddings: np.ndarray  # (len(image_ids), D') float32 (Mask R-CNN: finest FPN level, pooled)
     pred_iou: np.ndarray | None = None  # (n,) float32 when the model has a mask-IoU head
+    class_prob_layout: str = SOFTMAX_WITH_BACKGROUND  # base.SOFTMAX_WITH_BACKGROUND or base.SIGMOID
+
+    def class_distribution(self) -> np.ndarray:
+        """(n, C + 1) class distribution, background at column 0, whatever the layout
+        (``alseg.models.base.class_distribution``): what classification margin and entropy read."""
+        return class_distribution(self.class_probs, self.class_prob_layout)
 
     @property
     def areas(self) -> np.ndarray:
@@ -68,14 +81,14 @@ class PoolPredictions:
 @torch.no_grad()
 def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cpu", batch_size: int = 4,
                score_threshold: float = 0.0, progress: bool = True) -> PoolPredictions:
-    """``PoolPredictions`` of ``model`` on ``image_ids`` of ``data``, detections with a score below
-    ``score_threshold`` dropped."""
+    """``PoolPredictions`` of ``model`` (an ``InstanceSegmenter``) on ``image_ids`` of ``data``,
+    detections with a score below ``score_threshold`` dropped."""
     loader = DataLoader(ImageSet(data, image_ids), batch_size=batch_size, collate_fn=collate, num_workers=0)
     fields = ("image_index", "boxes", "scores", "labels", "class_probs", "mask_probs", "embeddings", "pred_iou")
     parts: dict[str, list] = {k: [] for k in fields}
     image_embeddings, order = [], []
     for images, ids in tqdm(loader, desc="pool inference", leave=False, disable=not progress):
-        for image_id, rec in zip(ids, predict_instances(model, [im.to(device) for im in images])):
+        for image_id, rec in zip(ids, model.predict_instances([im.to(device) for im in images])):
             keep = rec["scores"] >= score_threshold
             row = len(order)
             order.append(int(image_id))
@@ -87,11 +100,11 @@ def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cp
                 if k in rec:
                     parts[k].append(rec[k][keep].cpu().numpy().astype(dtype))
     num_classes = len(data.class_names)
+    layout, m = model.class_prob_layout, model.mask_size
     empty = {"image_index": (0,), "boxes": (0, 4), "scores": (0,), "labels": (0,),
-             "class_probs": (0, num_classes + 1), "mask_probs": (0, 28, 28), "embeddings": (0, 0)}
-    has_iou = getattr(model, "mask_iou_head", None) is not None
+             "class_probs": (0, class_prob_columns(layout, num_classes)), "mask_probs": (0, m, m), "embeddings": (0, 0)}
     arrays = {k: (np.concatenate(v) if v else np.zeros(empty.get(k, (0,)))) for k, v in parts.items()}
-    if not has_iou:
+    if MASK_IOU_HEAD not in model.capabilities:
         arrays["pred_iou"] = None
     return PoolPredictions(image_ids=order, image_embeddings=np.stack(image_embeddings) if image_embeddings
-                           else np.zeros((0, 0), np.float32), **arrays)
+                           else np.zeros((0, 0), np.float32), class_prob_layout=layout, **arrays)

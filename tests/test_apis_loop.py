@@ -7,6 +7,7 @@ import pytest
 from alseg.engine.loop import ActiveLearningLoop
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["apis", "apis_random"])
 def test_apis_run_labels_one_point_per_instance_per_step(cfg_factory, tmp_path, strategy):
     cfg = cfg_factory("experiment=apis_synthetic", f"strategy={strategy}", "al.rounds=1",
@@ -33,6 +34,7 @@ def test_point_labels_need_a_point_supervised_model(cfg_factory, tmp_path):
         ActiveLearningLoop(cfg, tmp_path / "run").run()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level, metric", [("instance", "mean_entropy"), ("image", "detection_loss")])
 def test_afis_spends_the_seconds_of_apis(cfg_factory, tmp_path, level, metric):
     apis = ActiveLearningLoop(cfg_factory("experiment=apis_synthetic", "strategy=apis_random", "al.rounds=0"),
@@ -50,6 +52,7 @@ def test_afis_spends_the_seconds_of_apis(cfg_factory, tmp_path, level, metric):
     assert 3.0 * n_inst - 79.2 < step <= 3.0 * n_inst + 1e-6 and afis[1]["labeled_masks"] > afis[0]["labeled_masks"]
 
 
+@pytest.mark.slow
 def test_apis_step_reports_the_papers_point_analyses(cfg_factory, tmp_path):
     run = tmp_path / "run"
     records = ActiveLearningLoop(cfg_factory("experiment=apis_synthetic", "strategy=apis", "al.rounds=1",
@@ -79,7 +82,6 @@ def test_distance_to_boundary_by_hand():
 def test_flip_prediction_set_maps_back_to_the_original_frame():
     import torch
 
-    from alseg.models.instance_inference import anchor_predictions
     from alseg.models.maskrcnn import build_maskrcnn
     from alseg.strategies.apis import ApisPoints
 
@@ -91,7 +93,8 @@ def test_flip_prediction_set_maps_back_to_the_original_frame():
     plain = ApisPoints(match_iou=0.1)._prediction_sets(model, image, boxes, labels)
     both = ApisPoints(match_iou=0.1, flip=True)._prediction_sets(model, image, boxes, labels)
     # The flipped run on its own: the mirrored image and the mirrored box (x -> 64 - x).
-    probs_f, boxes_f = anchor_predictions(model, image.flip(-1), torch.tensor([[34.0, 12.0, 54.0, 40.0]]), labels, 0.1)[0]
+    probs_f, boxes_f = model.prediction_sets(image.flip(-1), torch.tensor([[34.0, 12.0, 54.0, 40.0]]), labels,
+                                             match_iou=0.1)[0]
     k, kf = len(plain[0][0]), len(probs_f)
     assert k + kf > 0 and len(both[0][0]) == k + kf
     # The flipped run's maps and proposals come back mirrored into the original frame.
@@ -101,6 +104,7 @@ def test_flip_prediction_set_maps_back_to_the_original_frame():
     assert len(multi[0][0]) >= k and model.transform.min_size == (64,)
 
 
+@pytest.mark.slow
 def test_multiple_models_set_trains_and_keeps_an_ensemble(cfg_factory, tmp_path):
     run = tmp_path / "run"
     records = ActiveLearningLoop(cfg_factory("experiment=apis_synthetic", "strategy=apis", "strategy.models=2",
@@ -109,6 +113,7 @@ def test_multiple_models_set_trains_and_keeps_an_ensemble(cfg_factory, tmp_path)
     assert (run / "round_000" / "ensemble_1.pt").is_file()
 
 
+@pytest.mark.slow
 def test_a_points_budget_goes_to_the_most_uncertain_instances(cfg_factory, tmp_path):
     """The paper's alternative budget: a step's points go to the instances whose best point is most
     uncertain, so instances end with different point counts. Both runs start from one M0."""

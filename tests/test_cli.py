@@ -118,6 +118,7 @@ def test_unreadable_image_and_nan_loss_are_one_line_errors(tmp_path):
     _assert_one_line_error(res, "non-finite loss")
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_seeds_into_separate_resumable_runs(tmp_path):
     res = _alseg(tmp_path, "-m", "seed=0,1", "al.rounds=0")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -343,6 +344,7 @@ def _rewrite_annotations(tmp):
     ann.write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, damage, fragments", [
     ("state.json garbage", lambda t, r: (r / "state.json").write_text("{{{"), ["state.json: not valid JSON", "move the run folder away"]),
     ("labels.jsonl truncated", lambda t, r: _cut(r / "round_001" / "labels.jsonl", 0.6),
@@ -369,3 +371,15 @@ def test_unwritable_runs_and_cache_folders_are_one_line(tmp_path):
     res = _alseg(tmp_path, f"paths.cache_dir={tmp_path / 'blocker' / 'cache'}", "al.rounds=0")
     _assert_one_line_error(res, "blocker", "a file is where a folder should be")
     assert not (tmp_path / "runs").exists()
+
+
+def test_help_says_what_alseg_is_and_shows_first_commands(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "alseg.cli", "--help"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    head = res.stdout.split("== Configuration groups ==")[0]
+    assert head.startswith("alseg: active learning and data selection for instance segmentation")
+    for command in ("alseg experiment=tiny_coco_smoke", "alseg -m experiment=random_synthetic seed=0,1,2",
+                    "alseg-prune --help"):
+        assert command in head
+    assert "powered by Hydra" not in res.stdout

@@ -353,9 +353,9 @@ def test_visualize_draws_images_in_the_frame_of_their_masks(tmp_path, monkeypatc
     calls = _capture_draws(monkeypatch)
     out = vis.visualize_run(tmp_path, num_images=2, out=tmp_path / "grid.png")
     assert out.is_file()
-    gt = [c for c in calls if c[2]]  # ground-truth panels (the predictions are empty)
-    assert len(gt) == 2
-    for image, masks, _ in gt:
+    # Per image: the ground-truth panel, then the prediction panel (no predictions: the object drawn as missed).
+    assert len(calls) == 4 and all(labels == [1] for _, _, labels in calls)
+    for image, masks, _ in calls:
         assert_aligned(image, masks[0])  # enlarged for display, still one frame
 
 

@@ -41,6 +41,7 @@ def test_head_outputs_iou_in_range_and_sqrt_loss():
     torch.testing.assert_close(head.loss(feats, probs, target), (head(feats, probs) - 0.5).abs().mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["iou_guided", "iou_guided_oracle"])
 def test_iou_guided_runs_in_the_loop_and_reports_the_head_error(cfg_factory, tmp_path, strategy):
     cfg = cfg_factory("model=maskrcnn_r18_small_iou", "model.min_size=64", "model.max_size=64",

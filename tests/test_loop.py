@@ -1,6 +1,7 @@
 """End-to-end runs of the loop on tiny synthetic data: AP is computed, results are resumable."""
 
 import json
+import re
 import math
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def _selections(run_dir):
     return [json.loads((run_dir / f"round_{k:03d}" / "selection.json").read_text())["queries"] for k in range(3)]
 
 
+@pytest.mark.slow
 def test_tiny_run_computes_ap_and_writes_the_run_folder(cfg_factory, tmp_path):
     run = tmp_path / "run"
     records = ActiveLearningLoop(cfg_factory(), run).run()
@@ -43,12 +45,21 @@ def test_tiny_run_computes_ap_and_writes_the_run_folder(cfg_factory, tmp_path):
     # Selections never repeat an image.
     ids = [q["image_id"] for sel in _selections(run) for q in sel]
     assert len(ids) == len(set(ids)) == 12
+    assert not any("pruning_rate" in r for r in records)  # an active-learning run, not a pruning run
+    log = (run / "run.log").read_text()
+    # run.log follows the training (progress lines with losses, lr, speed, ETA), selection and evaluation.
+    assert "round 0 train: 6 iterations, batch 2, base lr 0.02" in log
+    assert re.search(r"round 0 train: iter 6/6  loss [0-9.]+ \(loss_classifier [0-9.]+, .*\)  lr \S+  [0-9.]+ it/s  done", log)
+    assert "round 2 train: iter 4/4" in log and "round 1: random selected 4 queries" in log
+    assert re.search(r"round 2: evaluated on 8 val images in [0-9.]+ s: mask AP [0-9.]+", log)
+    assert "training from scratch" not in log  # synthetic shapes learn from scratch
 
 
 class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_with_identical_selections(cfg_factory, tmp_path, monkeypatch):
     full = tmp_path / "full"
     ActiveLearningLoop(cfg_factory("strategy=random"), full).run()
@@ -79,6 +90,7 @@ def test_interrupted_run_resumes_with_identical_selections(cfg_factory, tmp_path
     assert records[-1]["mask_AP"] == pytest.approx(full_records[-1]["mask_AP"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_more_rounds_extend_a_finished_run_and_other_changes_are_refused(cfg_factory, tmp_path):
     run = tmp_path / "run"
     ActiveLearningLoop(cfg_factory("al.rounds=1"), run).run()
@@ -111,6 +123,7 @@ def test_bad_config_values_fail_before_touching_the_run_folder(cfg_factory, tmp_
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_reset_policy_and_seconds_budget(cfg_factory, tmp_path):
     records = ActiveLearningLoop(cfg_factory("al.policy=reset", "al.budget_unit=seconds", "al.budget=600",
                                              "al.rounds=1"), tmp_path / "r").run()
@@ -118,6 +131,7 @@ def test_reset_policy_and_seconds_budget(cfg_factory, tmp_path):
     assert 0 < spent <= 600
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("initial", ["tfdp", "entropy_reference"])
 def test_pruning_run_keeps_a_fraction_chosen_once(cfg_factory, tmp_path, initial):
     run = tmp_path / "prune"
@@ -132,6 +146,7 @@ def test_pruning_run_keeps_a_fraction_chosen_once(cfg_factory, tmp_path, initial
     assert (run / "reference" / "model.pt").is_file() == (initial == "entropy_reference")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["finetune", "reset"])
 def test_finetune_rounds_train_on_the_finetune_schedule(cfg_factory, tmp_path, monkeypatch, policy):
     used = []
@@ -159,6 +174,7 @@ def test_bad_schedules_are_config_errors(cfg_factory, tmp_path, override, fragme
         ActiveLearningLoop(cfg_factory(override), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_a_version_1_run_folder_is_converted_and_resumed(cfg_factory, tmp_path):
     """Runs made before the per-round label files kept the whole ledger in state.json."""
     run = tmp_path / "run"
@@ -180,6 +196,7 @@ def test_a_version_1_run_folder_is_converted_and_resumed(cfg_factory, tmp_path):
     assert state["fingerprint"] == first_fingerprint  # added on resume, from the same data
 
 
+@pytest.mark.slow
 def test_a_missing_label_file_stops_the_resumption(cfg_factory, tmp_path):
     run = tmp_path / "run"
     ActiveLearningLoop(cfg_factory("al.rounds=1"), run).run()
@@ -188,6 +205,7 @@ def test_a_missing_label_file_stops_the_resumption(cfg_factory, tmp_path):
         ActiveLearningLoop(cfg_factory("al.rounds=2"), run).run()
 
 
+@pytest.mark.slow
 def test_initial_run_gives_every_strategy_the_same_round_0(cfg_factory, tmp_path):
     source = tmp_path / "source"
     first = ActiveLearningLoop(cfg_factory("al.rounds=1"), source).run()
@@ -203,6 +221,7 @@ def test_initial_run_gives_every_strategy_the_same_round_0(cfg_factory, tmp_path
     assert as_json(ActiveLearningLoop(cfg_factory("al.rounds=1", "strategy=mask_entropy", f"al.initial_run={source}"), run).run()) == as_json(records)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, match", [("seed=1", "another config .*seed"),
                                              ("trainer.schedule.iters=7", "another config .*trainer.schedule.iters"),
                                              ("al.initial=5", "another config .*al.initial")])
@@ -228,6 +247,7 @@ def test_config_differences_accept_keys_added_since_the_run_started():
     assert config_differences(old, {"dataset": {"name": "coco"}, "al": {"rounds": 1}}) == ["seed"]
 
 
+@pytest.mark.slow
 def test_data_checks_logged_before_the_run_folder_exists_reach_run_log(cfg_factory, tmp_path):
     """The EXIF warning of case11 (shared/cases/bad_inputs) is logged while the data are built,
     before the run folder may be written; it still ends up in run.log."""
@@ -239,3 +259,14 @@ def test_data_checks_logged_before_the_run_folder_exists_reach_run_log(cfg_facto
     text = (run / "run.log").read_text()
     assert "12 of 12 images carry an EXIF orientation tag" in text
     assert "EXIF orientation tag" in text.splitlines()[0]
+
+
+def test_from_scratch_note_on_real_images_only(cfg_factory):
+    from alseg.engine.loop import from_scratch_note
+
+    note = from_scratch_note(cfg_factory("dataset=tiny_coco", "model=maskrcnn_r18_coco", "trainer.schedule.iters=30"))
+    assert note.startswith("training from scratch on real images") and "30 iterations in round 0" in note
+    assert "mask AP near 0 is expected" in note and "model.backbone_weights=IMAGENET1K_V1" in note
+    assert from_scratch_note(cfg_factory("dataset=tiny_coco", "model.backbone_weights=IMAGENET1K_V1")) is None
+    assert from_scratch_note(cfg_factory("dataset=tiny_coco", "model.checkpoint=m.pt")) is None
+    assert from_scratch_note(cfg_factory()) is None  # synthetic shapes

@@ -49,6 +49,7 @@ def uninterrupted(tmp_path_factory):
     return tmp, run, records
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_every_phase_and_mid_training_ends_as_an_uninterrupted_one(uninterrupted, monkeypatch):
     tmp, full, full_records = uninterrupted
     from conftest import make_cfg
@@ -104,6 +105,7 @@ def test_a_run_killed_after_every_phase_and_mid_training_ends_as_an_uninterrupte
     assert _files(run) == _files(full)
 
 
+@pytest.mark.slow
 def test_a_version_2_run_resumed_between_training_and_evaluation(uninterrupted, tmp_path):
     """Runs older than the phase results: the round's record has its selection figures (from
     selection.json) and everything else, but not the train metrics that were never kept."""

@@ -151,6 +151,7 @@ DAMAGED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, damage, fragments", DAMAGED, ids=[c[0] for c in DAMAGED])
 def test_a_damaged_run_folder_file_is_one_line_and_changes_nothing(base_run, tmp_path, case, damage, fragments):
     run = tmp_path / "run"
@@ -163,6 +164,7 @@ def test_a_damaged_run_folder_file_is_one_line_and_changes_nothing(base_run, tmp
     assert _digest(run) == before
 
 
+@pytest.mark.slow
 def test_removed_last_rounds_are_redone_with_the_same_results(base_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(base_run / "run", run)
@@ -173,6 +175,7 @@ def test_removed_last_rounds_are_redone_with_the_same_results(base_run, tmp_path
         assert (run / name).read_text() == (base_run / "run" / name).read_text()
 
 
+@pytest.mark.slow
 def test_a_damaged_initial_run_source_is_named_before_anything_is_written(base_run, tmp_path):
     source = tmp_path / "source"
     shutil.copytree(base_run / "run", source)
@@ -202,6 +205,7 @@ def small_run(tmp_path):
     return tmp_path, run, root
 
 
+@pytest.mark.slow
 def test_resuming_on_a_rewritten_annotation_file_is_refused(small_run):
     tmp, run, root = small_run
     ann = json.loads((root / "train.json").read_text())
@@ -215,6 +219,7 @@ def test_resuming_on_a_rewritten_annotation_file_is_refused(small_run):
     assert _digest(run) == before
 
 
+@pytest.mark.slow
 def test_resuming_on_a_replaced_image_is_refused(small_run):
     tmp, run, root = small_run
     val = json.loads((root / "val.json").read_text())
@@ -227,6 +232,7 @@ def test_resuming_on_a_replaced_image_is_refused(small_run):
     assert _digest(run) == before
 
 
+@pytest.mark.slow
 def test_the_fingerprint_hashes_the_annotation_bytes_and_the_image_list(small_run):
     tmp, run, root = small_run
     fp = json.loads((run / "state.json").read_text())["fingerprint"]
@@ -239,6 +245,7 @@ def test_the_fingerprint_hashes_the_annotation_bytes_and_the_image_list(small_ru
 
 
 # ------------------------------------------------------------------------------- failed writes
+@pytest.mark.slow
 def test_a_full_disk_leaves_the_run_folder_as_it_was(small_run, monkeypatch):
     tmp, run, _ = small_run
     before = _digest(run)
@@ -330,6 +337,7 @@ def test_needs_met_by_the_model_or_unused_pass(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------- skipped annotations
+@pytest.mark.slow
 def test_skipped_annotations_are_counted_in_every_record(tmp_path, monkeypatch):
     from alseg.data import build as data_build
 

@@ -163,6 +163,7 @@ def _only_run(parent):
     return runs[0]
 
 
+@pytest.mark.slow
 def test_raising_rounds_resumes_the_folder_and_initial_run_takes_its_name(tmp_path):
     """README: raising al.rounds extends a finished run by running the command again; and a second
     run takes round 0 from the first with al.initial_run=runs/<exp>/<the folder alseg made>."""

@@ -107,6 +107,7 @@ def test_mask_entropy_ranks_uncertain_images_first(data):
         MaskEntropyImages().rank(_ctx(data, model=None), Budget(1), np.random.default_rng(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["taudis", "taudis_img", "coreset", "round_robin", "avg_cm", "wce", "wse",
                                       "mean_se", "mask_entropy"])
 def test_model_based_strategies_run_in_the_loop(cfg_factory, tmp_path, strategy):
@@ -171,19 +172,17 @@ def test_no_detection_at_all_falls_back_to_random_order(data):
         assert sorted(q.image_id for q in ranked) == [1, 2, 3, 4]
 
 
-def test_apis_reads_masks_through_a_models_own_anchor_predictions(data):
-    """Another architecture (e.g. CondInst) plugs in by a method on its model: here maps over the
-    whole 64 x 64 image, certain everywhere but at one pixel of the square of image 1."""
+def test_apis_reads_masks_through_a_models_prediction_sets(data):
+    """Any family plugs in by ``prediction_sets`` (the interface, alseg.models.base): here maps over
+    the whole 64 x 64 image (frames = the image), certain everywhere but at one pixel of the square
+    of image 1."""
     import torch
 
     from alseg.annotation.queries import Query
     from alseg.strategies.apis import ApisPoints
 
     class WholeImageMaps:
-        def eval(self):
-            return self
-
-        def anchor_predictions(self, image, gt_boxes, gt_labels, iou_threshold):
+        def prediction_sets(self, image, gt_boxes, gt_labels, match_iou=None, scale=None, flip=False):
             probs = torch.full((2, 64, 64), 0.99)
             probs[:, 15, 21] = 0.5  # the one uncertain pixel: x in [21, 22), y in [15, 16)
             frame = torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 2)

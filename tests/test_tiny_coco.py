@@ -11,6 +11,7 @@ from alseg.engine.loop import ActiveLearningLoop
 STRATEGIES = ["random", "taudis", "taudis_img", "coreset", "round_robin", "avg_cm", "iou_guided"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_tiny_coco_end_to_end(cfg_factory, tmp_path, tiny_coco, strategy):
     extra = ["+model.mask_iou.iters=2", "strategy.score_threshold=0.0"] if strategy == "iou_guided" else []
@@ -42,6 +43,7 @@ def test_tiny_coco_end_to_end(cfg_factory, tmp_path, tiny_coco, strategy):
     assert sel["seconds"] > 6 * 70
 
 
+@pytest.mark.slow
 def test_tiny_coco_tfdp_pruning(cfg_factory, tmp_path, tiny_coco):
     cfg = cfg_factory(
         "dataset=tiny_coco",

@@ -87,6 +87,26 @@ def test_compare_mean_std_over_seeds(runs, tmp_path, capsys):
     assert "0.300 ± 0.100" in stdout and "incomplete run" in stdout
 
 
+def test_compare_png_title_and_legend(runs, tmp_path, monkeypatch):
+    import alseg.plots as plots
+
+    seen = {}
+    real = plots.ap_vs_cost_figure
+
+    def spy(groups, metrics, title, count_seeds):
+        fig = real(groups, metrics, title, count_seeds)
+        seen["title"] = fig.get_suptitle()
+        seen["legend"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return fig
+
+    monkeypatch.setattr(plots, "ap_vs_cost_figure", spy)
+    compare.compare([runs], metrics=["mask_AP"], out=tmp_path / "out", show=False)
+    assert seen["title"] == ("exp: mask_AP per strategy\nline: mean over seeds, band: ± 1 std (population) where a "
+                             "group has 2 or more; seeds per group in the legend")
+    assert seen["legend"] == ["entropy (2 seeds)", "random (2 seeds)"]
+    assert (tmp_path / "out" / "compare.png").stat().st_size > 1000
+
+
 def test_compare_metric_choice_and_run_folders(runs, tmp_path):
     out = tmp_path / "out"
     a, b = runs / "exp" / "strategy=random,seed=0", runs / "exp" / "strategy=random,seed=1"
@@ -200,6 +220,41 @@ def test_eda_main(coco_file, tmp_path, capsys):
     assert "horse" in capsys.readouterr().err
 
 
+def test_eda_plot_table_leaves_out_empty_classes_and_counts_images(coco_file):
+    st = eda.load_stats(coco_file)
+    assert eda.class_order(st, "count") == ["cat", "dog", "bird"]
+    assert eda.class_order(st, "name") == ["bird", "cat", "dog"] and eda.class_order(st, "id") == ["cat", "dog", "bird"]
+    # cat: 3 instances in 2 images (two in image 1); dog: 1 in image 2 (its crowd region is no instance).
+    assert eda.plot_table(st, eda.class_order(st, "name")) == ([("cat", 3, 2), ("dog", 1, 1)], ["bird"])
+    with pytest.raises(ValueError, match="count, name or id"):
+        eda.class_order(st, "size")
+
+
+def test_eda_figure_shows_instances_and_images_of_non_empty_classes(coco_file):
+    import matplotlib.pyplot as plt
+
+    st = eda.load_stats(coco_file)
+    fig = eda.counts_figure(st, eda.class_order(st))
+    try:
+        ax, ax_img = fig.axes
+        assert [t.get_text() for t in ax_img.get_xticklabels()] == ["cat", "dog"]  # no bird
+        assert [p.get_height() for p in ax_img.patches] == [2, 1]  # images per class
+        stacked = np.array([p.get_height() for p in ax.patches]).reshape(3, 2)  # small, medium, large x class
+        assert stacked.sum(0).tolist() == [3, 1]
+        assert ax.get_ylabel() == "instances" and ax_img.get_ylabel() == "images holding the class"
+        title = fig.get_suptitle()
+        assert "4 instances of 2 classes in 2 of 3 images" in title
+        assert "1 class without any instance not shown (bird)" in title
+    finally:
+        plt.close(fig)
+    empty = eda.load_stats(coco_file, ["bird"])
+    fig = eda.counts_figure(empty, ["bird"])
+    try:
+        assert len(fig.axes[1].patches) == 0 and "not shown (bird)" in fig.get_suptitle()
+    finally:
+        plt.close(fig)
+
+
 # --------------------------------------------------------------------------- drawing
 def test_draw_instances_changes_mask_pixels_only():
     img = np.full((100, 120, 3), 128, np.uint8)
@@ -228,6 +283,86 @@ def test_draw_instances_boxes_scores_and_empty():
     assert (empty == 7).all()
     with pytest.raises(ValueError):
         draw_instances(img, masks[:1], [1, 2], ["a", "b"])
+
+
+# --------------------------------------------------------------------------- matching and the grid
+def _masks(shape, *squares):
+    out = np.zeros((len(squares), *shape), bool)
+    for i, (y, x, s) in enumerate(squares):
+        out[i, y:y + s, x:x + s] = True
+    return out
+
+
+# Ground truth: A (10..30), B (40..60), C (65..85 x 75..95). Predictions: B exactly, A shifted by 2
+# (IoU 18² / (2·20² - 18²) = 324 / 476 = 0.681), one far from everything, and a second copy of B
+# shifted by 1 (IoU 19·20 / (2·400 - 380) = 0.905; B is taken, so it is a false positive). C is missed.
+GT = _masks((100, 100), (10, 10, 20), (40, 40, 20), (65, 75, 20))
+PRED = _masks((100, 100), (40, 40, 20), (12, 12, 20), (75, 5, 10), (41, 40, 20))
+
+
+def test_match_instances_one_to_one_fp_and_missed():
+    from alseg.tools.visualize import match_instances
+
+    m = match_instances(GT, PRED)
+    assert [(g, p) for g, p, _ in m.pairs] == [(0, 1), (1, 0)]
+    assert [round(iou, 3) for _, _, iou in m.pairs] == [0.681, 1.0]
+    assert m.false_positives == [2, 3] and m.missed == [2]
+    # Hungarian, not greedy. Objects: 10x10 (0) and its left 6 columns (1). Prediction 0, columns 0..8:
+    # IoU 0.9 with object 0, 60/90 = 0.667 with object 1; prediction 1, columns 2..9: IoU 0.8 with object 0,
+    # 40/100 = 0.4 with object 1. Greedy takes (0, 0) at 0.9 and leaves one match; the assignment has two.
+    gt = np.zeros((2, 10, 10), bool)
+    gt[0], gt[1, :, :6] = True, True
+    pred = np.zeros((2, 10, 10), bool)
+    pred[0, :, :9], pred[1, :, 2:] = True, True
+    m = match_instances(gt, pred)
+    assert [(g, p, round(iou, 3)) for g, p, iou in m.pairs] == [(0, 1, 0.8), (1, 0, 0.667)]
+    assert m.false_positives == m.missed == []
+    assert match_instances(GT, PRED[:0]).missed == [0, 1, 2]
+    assert match_instances(GT[:0], PRED).false_positives == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        match_instances(GT, PRED[:, :50])
+
+
+def test_prediction_panel_colours_matched_objects_alike_marks_fp_and_missed():
+    from alseg.tools.visualize import FP_COLOR, object_color, prediction_panel
+
+    img = np.full((100, 100, 3), 128, np.uint8)
+    gt, pred, m = prediction_panel(img, GT, [1, 1, 2], PRED, [1, 2, 1, 1], [0.9, 0.8, 0.7, 0.6], ["cat", "dog"])
+    assert (len(m.pairs), len(m.false_positives), len(m.missed)) == (2, 2, 1)
+    assert object_color(0) != object_color(1)
+    # Inside B (matched exactly) and inside both A and its prediction: the same fill in both panels,
+    # although the prediction of A says "dog" (its class colour would differ).
+    for y, x in ((50, 50), (25, 25)):
+        assert (gt[y, x] == pred[y, x]).all() and (pred[y, x] != 128).any()
+    # The far false positive: a grey dashed outline, no fill.
+    assert (pred[80, 10] == 128).all()
+    outline = pred[75:85, 5:15][~np.pad(np.ones((6, 6), bool), 2)]
+    assert (outline == FP_COLOR).all(axis=1).any() and (outline == 128).all(axis=1).any()  # dashes and gaps
+    # The missed object C: no fill in the prediction panel, its own colour on its outline.
+    assert (pred[75, 85] == 128).all() and (gt[75, 85] != 128).any()
+    assert (pred[63:87, 73:97] == object_color(2)).all(axis=-1).any()
+
+
+def test_grid_figure_title_clear_of_the_panels_and_png_written(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from alseg.tools.visualize import CAPTION, grid_figure, render_grid
+
+    panels = [(np.zeros((64, 80, 3), np.uint8), np.zeros((64, 80, 3), np.uint8))] * 2
+    titles = [("image 1: ground truth (2)", "prediction: 1 matched, 0 FP, 1 missed")] * 2
+    fig = grid_figure(panels, titles, "runs/exp/run - round 3", CAPTION)
+    try:
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        top = fig._suptitle.get_window_extent(r)
+        for ax in fig.axes:
+            b = ax.get_tightbbox(r)  # the panel with its title
+            assert b.y1 <= top.y0
+        assert "FP" in fig._supxlabel.get_text() and "missed" in fig._supxlabel.get_text()
+    finally:
+        plt.close(fig)
+    out = render_grid(panels, titles, tmp_path / "grid.png", "t", CAPTION)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------- visualize (untrained model)

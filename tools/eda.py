@@ -1,4 +1,5 @@
-"""Class counts, images per class and instance sizes of a COCO JSON, with a bar plot.
+"""Class counts, images per class and instance sizes of a COCO JSON, with a bar plot (instances and
+images per class; classes without any instance left out, their number in the title).
 
     python tools/eda.py --ann FILE [--classes person cat ...] [--sort count|name|id] --out counts.png
 

@@ -3,6 +3,8 @@
     python tools/visualize.py runs/<experiment>/<run> [--round K] [--num-images 6] [--score-threshold 0.5]
                               [--out grid.png]
 
+Each ground-truth object has one colour in both panels (predictions matched by mask IoU >= 0.5);
+unmatched predictions are grey dashed "FP", objects no prediction matches are dashed "missed".
 See alseg.tools.visualize.
 """
 

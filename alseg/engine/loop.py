@@ -22,6 +22,7 @@ import copy
 import logging
 import logging.handlers
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -42,17 +43,17 @@ from alseg.engine.evaluate import evaluate
 from alseg.engine.initial_run import InitialRound, check_initial_run, copy_initial_round
 from alseg.engine.state import (PHASES, STATE_VERSION, SelectResult, TrainResult,  # noqa: F401  (PHASES re-exported)
                                 differing_keys, flatten, read_state, under)
-from alseg.engine.trainer import LossAverageHook, ProgressHook, Trainer, TrainerConfig
+from alseg.engine.trainer import LogProgressHook, LossAverageHook, ProgressHook, Trainer, TrainerConfig
 from alseg.errors import ConfigError, DataError
 from alseg.files import (DamagedFileError, atomic_torch_save, atomic_write_json, atomic_write_text,
                          check_zip, load_model_state, make_dirs, missing_as_none, write_error)
 from alseg.instantiate import build
 from alseg.run_naming import RESUMABLE_CHANGES  # keys that may change on resume (and stay out of run names)
-from alseg.models.mask_iou_head import iou_prediction_errors, train_mask_iou_head
-from alseg.models.point_supervision import PointSupRoIHeads
+from alseg.models.base import CAPABILITIES, check_model
+from alseg.models.mask_iou_head import iou_prediction_errors
 from alseg.predictions import infer_pool
 from alseg.strategies.base import (ENSEMBLE, MASK_IOU_HEAD, NEEDS, NEEDS_A_TRAINED_MODEL, POINT_SUPERVISION,
-                                   REFERENCE_MODEL, SelectionContext, Strategy)
+                                   PREDICTION_SETS, REFERENCE_MODEL, SelectionContext, Strategy)
 from alseg.writers.base import WriterGroup
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ def resolve_device(name: str) -> str:
     if name != "cpu" and not name.startswith("cuda"):
         raise ConfigError(f"device: must be auto, cpu or cuda[:N], got {name!r}")
     return name
+
+
+# Where a resumed round continues, by the last phase its state recorded.
+RESUME_POINT = {"start": "selection next", "selected": "selection done, training next",
+                "trained": "training done, evaluation next", "evaluated": "evaluated"}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
@@ -96,6 +102,9 @@ class ActiveLearningLoop:
         # (APIS Sec. 4.1 / Fig. 2b compare such schedules).
         self.finetune_cfg = self.train_cfg.with_overrides(
             OmegaConf.to_container(cfg.trainer.get("finetune") or {}), "trainer.finetune")
+        self.log_every = cfg.trainer.get("log_every", 50)
+        if not isinstance(self.log_every, int) or isinstance(self.log_every, bool) or self.log_every < 1:
+            raise ConfigError(f"trainer.log_every must be an integer >= 1, got {self.log_every!r}")
         self.transforms = build_transforms(OmegaConf.to_container(cfg.trainer.transforms))
         self.budget = Budget(float(al.budget), str(al.budget_unit))
         self._initial_model = None  # built once by _build_model; every model starts as a copy of it
@@ -133,7 +142,7 @@ class ActiveLearningLoop:
         """A fresh copy of the initial model (built once, from the seed: the same on resume)."""
         if self._initial_model is None:
             torch.manual_seed(self.seed)
-            self._initial_model = build(self.cfg.model, "model", num_classes=num_classes).to(self.device)
+            self._initial_model = check_model(build(self.cfg.model, "model", num_classes=num_classes)).to(self.device)
         return copy.deepcopy(self._initial_model)
 
     def _strategy(self, node, what: str) -> Strategy:
@@ -147,10 +156,11 @@ class ActiveLearningLoop:
         round 0, with one-line ConfigErrors): names from the vocabulary ``NEEDS``; no need of a
         trained model in a strategy that labels round 0; the model capabilities they need."""
         model = self._initial_model
-        capabilities = {MASK_IOU_HEAD: getattr(model, "mask_iou_head", None) is not None,
-                        POINT_SUPERVISION: isinstance(getattr(model, "roi_heads", None), PointSupRoIHeads)}
+        capabilities = {need: need in model.capabilities for need in sorted(CAPABILITIES)}
         fixes = {MASK_IOU_HEAD: "use a model with one (e.g. model=maskrcnn_r18_small_iou, or set model.mask_iou)",
-                 POINT_SUPERVISION: "use model.point_supervision=true (e.g. model=maskrcnn_r18_small_points)"}
+                 POINT_SUPERVISION: "use model.point_supervision=true (e.g. model=maskrcnn_r18_small_points)",
+                 PREDICTION_SETS: f"the {model.family} model family offers none; use a Mask R-CNN model "
+                                  f"(e.g. model=maskrcnn_r18_small_points)"}
         used = [(strategy, "strategy")] if self.rounds >= 1 else []
         if not self.cfg.al.get("initial_run"):
             used.append((initial_strategy, "al.initial_strategy"))
@@ -233,7 +243,8 @@ class ActiveLearningLoop:
                 return self._new_state(config, fingerprint)
             state.update(round=missing, phase="start", phase_results={},
                          records=[r for r in state["records"] if r["round"] < missing])
-        log.info("resuming %s at round %d (phase %s)", self.run_dir, state["round"], state["phase"])
+        log.info("resuming %s at round %d (%s); %d round(s) recorded", self.run_dir, state["round"],
+                 RESUME_POINT.get(state["phase"], state["phase"]), len(state["records"]))
         return state, None
 
     def _upgrade_results(self, state: dict) -> None:
@@ -353,9 +364,16 @@ class ActiveLearningLoop:
         held in memory and goes to run.log once it is opened."""
         early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
         logging.getLogger().addHandler(early)
+        # run.log gets alseg's INFO lines however alseg is called (the CLI sets INFO; a Python
+        # caller's root logger may be at WARNING); the level is restored afterwards.
+        alseg_log = logging.getLogger("alseg")
+        level = alseg_log.level
+        if alseg_log.getEffectiveLevel() > logging.INFO:
+            alseg_log.setLevel(logging.INFO)
         try:
             return self._run(early)
         finally:
+            alseg_log.setLevel(level)
             logging.getLogger().removeHandler(early)
             early.close()
 
@@ -398,6 +416,9 @@ class ActiveLearningLoop:
             if data_keys["data/skipped_annotations"]:
                 log.warning("invalid annotations skipped (dataset.invalid_annotations=skip): %d; train %s, val %s",
                             data_keys["data/skipped_annotations"], data.train.skipped, data.val.skipped)
+            note = from_scratch_note(self.cfg)
+            if note:
+                log.warning(note)
             oracle = Oracle(data.train, self.costs)
             writers.open(self.run_dir, config, state["records"])
             while state["round"] <= self.rounds:
@@ -429,6 +450,12 @@ class ActiveLearningLoop:
                     self._commit(state)
                 state.update(round=k + 1, phase="start", phase_results={})
                 self._commit(state)
+        except KeyboardInterrupt as e:
+            doing = {"start": "selection", "selected": "training", "trained": "evaluation"}.get(state["phase"], "")
+            log.warning("interrupted (%s) during round %d%s; every finished phase is saved: run the same command "
+                        "again to resume", getattr(e, "signal_name", "SIGINT"), state["round"],
+                        f" {doing}" if doing else "")
+            raise
         finally:
             writers.close()
             logging.getLogger().removeHandler(log_file)
@@ -447,6 +474,7 @@ class ActiveLearningLoop:
 
     def _select(self, k, strategy: Strategy, budget: Budget, data, ledger: Ledger, oracle: Oracle,
                 model) -> SelectResult:
+        start = time.perf_counter()
         ledger.drop_round(k)  # a half-done selection of this round is redone from scratch
         labeled = sorted(ledger.fully_labeled_images())
         unlabeled = sorted(set(data.train.image_ids) - set(labeled))
@@ -476,7 +504,8 @@ class ActiveLearningLoop:
         atomic_write_json(self.round_dir(k) / "selection.json", {
             "round": k, "strategy": strategy.name, "budget": {"amount": budget.amount, "unit": budget.unit},
             "seconds": seconds, "analysis": result.analysis, "queries": [q.to_dict() for q in queries]})
-        log.info("round %d: %s selected %d queries (%.0f s of annotation)", k, strategy.name, len(queries), seconds)
+        log.info("round %d: %s selected %d queries (%.0f s of annotation) in %.1f s", k, strategy.name, len(queries),
+                 seconds, time.perf_counter() - start)
         return result
 
     def _infer(self, model, data: DataSplits, image_ids: list[int]):
@@ -530,7 +559,7 @@ class ActiveLearningLoop:
         torch.manual_seed(seed)
         losses = LossAverageHook()
         Trainer(model, dataset, cfg, self.device, seed=seed,
-                hooks=[ProgressHook(desc, enabled=self.progress), losses]).train()
+                hooks=[ProgressHook(desc, enabled=self.progress), LogProgressHook(desc, self.log_every), losses]).train()
         return losses.summary()
 
     def _train(self, k: int, data: DataSplits, ledger: Ledger, current) -> tuple[object, TrainResult]:
@@ -538,7 +567,7 @@ class ActiveLearningLoop:
         training returns; the checkpoint is written to round_k/model.pt."""
         views = ledger.training_views()
         partial = [i for i, v in views.items() if v.box_ann_ids - v.mask_ann_ids]
-        if partial and not isinstance(self._initial_model.roi_heads, PointSupRoIHeads):
+        if partial and POINT_SUPERVISION not in self._initial_model.capabilities:
             raise ConfigError("instances labeled by boxes or points need model.point_supervision=true")
         if self.cfg.al.policy == "finetune" and k > 0:
             model = self._model_of(k - 1, current)
@@ -549,9 +578,9 @@ class ActiveLearningLoop:
         seed = self.seed * 1009 + k
         dataset = TrainingSet(data.train, views, self.transforms, seed=seed)
         losses = self._fit(model, dataset, cfg, f"round {k} train", seed)
-        if getattr(model, "mask_iou_head", None) is not None:
-            losses |= train_mask_iou_head(model, dataset, device=self.device, seed=seed, progress=self.progress,
-                                          batch_size=self.train_cfg.batch_size, **model.mask_iou_cfg)
+        if MASK_IOU_HEAD in model.capabilities:
+            losses |= model.train_mask_iou_head(dataset, device=self.device, seed=seed, progress=self.progress,
+                                                batch_size=self.train_cfg.batch_size)
         atomic_torch_save({"model": model.state_dict(), "round": k}, self.round_dir(k) / "model.pt")
         if self.cfg.al.keep_checkpoints == "last" and k > 0:
             (self.round_dir(k - 1) / "model.pt").unlink(missing_ok=True)
@@ -562,23 +591,43 @@ class ActiveLearningLoop:
                   data_keys: dict) -> dict:
         """Round k's record: counts, annotation seconds, the model's metrics on the val split, and
         the select and train phases' results; also written to round_k/metrics.json."""
+        start = time.perf_counter()
         metrics = evaluate(model, data.val, device=self.device, batch_size=int(self.cfg.eval.batch_size),
                            progress=self.progress)
+        log.info("round %d: evaluated on %d val images in %.1f s: mask AP %.3f, mask AP50 %.3f, box AP %.3f", k,
+                 len(data.val.images), time.perf_counter() - start, metrics.get("mask_AP", float("nan")),
+                 metrics.get("mask_AP50", float("nan")), metrics.get("box_AP", float("nan")))
         seconds = ledger.seconds()
         counts = ledger.counts()
         pool = len(data.train.images)
         record = {"round": k, "strategy": strategy.name, "initial_strategy": initial_strategy.name, "seed": self.seed,
                   **counts, "pool_images": pool, "seconds": seconds, "hours": seconds / 3600.0, **metrics}
-        if counts["images_with_labels"] == counts["labeled_images"]:  # whole images only: a data-pruning run
+        if self.rounds == 0 and counts["images_with_labels"] == counts["labeled_images"]:
+            # A data-pruning run (TFDP Sec. 3): one selection of whole images, no active-learning round.
             record["pruning_rate"] = 1.0 - counts["labeled_images"] / pool
         if trained is not None:
             record.update(trained.record())
-        if getattr(model, "mask_iou_head", None) is not None:
+        if MASK_IOU_HEAD in model.capabilities:
             record.update(iou_prediction_errors(model, data.val, device=self.device))
         record.update(selected.record())
         record.update(data_keys)
         atomic_write_json(self.round_dir(k) / "metrics.json", missing_as_none(record))  # strict JSON: NaN as null
         return record
+
+
+def from_scratch_note(cfg: DictConfig) -> str | None:
+    """What to expect, and what to do, when a model with no pretrained weights is trained on real
+    images (any dataset but the synthetic shapes): at CPU scale its AP stays near 0. None otherwise."""
+    model = cfg.model
+    if str(cfg.dataset.get("name", "")) == "synthetic" or any(
+            model.get(k) not in (None, "", "none", "null") for k in ("backbone_weights", "weights", "checkpoint")):
+        return None
+    iters = cfg.trainer.schedule.iters
+    return (f"training from scratch on real images (model.backbone_weights, model.weights and model.checkpoint are "
+            f"null; {iters} iterations in round 0): mask AP near 0 is expected at this scale. For useful AP load "
+            f"pretrained weights: model.backbone_weights=IMAGENET1K_V1 (an ImageNet backbone), model=maskrcnn_r50 "
+            f"model.weights=DEFAULT (COCO Mask R-CNN), or model.checkpoint=PATH; torchvision downloads them, or "
+            f"finds them in $TORCH_HOME/hub/checkpoints when offline")
 
 
 def skipped_annotations(data: DataSplits) -> dict[str, int]:

@@ -4,7 +4,9 @@ clipping, AMP on GPU, a progress bar with the loss, and a stop on a non-finite l
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -137,6 +139,48 @@ class ProgressHook(HookBase):
 
     def after_train(self, trainer):
         self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class LogProgressHook(HookBase):
+    """Training progress in the log (hence run.log), in the manner of detectron2's CommonMetricPrinter:
+    every ``every`` iterations, or sooner when ``max_seconds`` passed since the last line (slow
+    machines), and at the last iteration. A line gives the iteration, the losses averaged since the
+    previous line (total, then each term), the learning rate, iterations per second since the start
+    and the estimated time left, e.g.
+    ``round 0 train: iter 40/400  loss 1.873 (loss_classifier 0.412, ...)  lr 0.0080  3.05 it/s  ETA 1m58s``."""
+
+    def __init__(self, desc: str = "train", every: int = 50, max_seconds: float = 60.0,
+                 logger: logging.Logger | None = None):
+        if every < 1:
+            raise ConfigError(f"trainer.log_every must be >= 1, got {every}")
+        self.desc, self.every, self.max_seconds = desc, every, max_seconds
+        self.log = logger or logging.getLogger(__name__)
+        self.window: list[dict[str, float]] = []
+
+    def before_train(self, trainer):
+        self.start = self.last = time.perf_counter()
+        self.window = []
+        self.log.info("%s: %d iterations, batch %d, base lr %g", self.desc, trainer.cfg.iters,
+                      trainer.cfg.batch_size, trainer.cfg.lr)
+
+    def after_step(self, trainer):
+        self.window.append(trainer.last_losses)
+        done, total = trainer.iter + 1, trainer.cfg.iters
+        now = time.perf_counter()
+        if done % self.every and done != total and now - self.last < self.max_seconds:
+            return
+        terms = {k: float(np.mean([w[k] for w in self.window])) for k in self.window[-1]}
+        rate = done / max(now - self.start, 1e-9)
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in terms.items())
+        eta = "done" if done == total else f"ETA {_duration((total - done) / rate)}"
+        self.log.info("%s: iter %d/%d  loss %.3f (%s)  lr %.2g  %.2f it/s  %s", self.desc, done, total,
+                      sum(terms.values()), parts, trainer.current_lr, rate, eta)
+        self.window, self.last = [], now
 
 
 class LossAverageHook(HookBase):

@@ -1,11 +1,15 @@
-"""Per-instance predictions of a torchvision Mask R-CNN, with what selection strategies need and
-torchvision's ``forward`` does not return: the full class distribution of each detection, its mask
-probabilities at RoI resolution (no pasting to image size), the mask-branch embedding, and an
-image embedding from the finest FPN level.
+"""Mask R-CNN's per-instance inference: the family's implementation of ``predict_instances`` and
+of the anchors prediction set (``alseg.models.maskrcnn.MaskRCNNSegmenter`` calls these; the rest of
+alseg calls the interface methods). What torchvision's ``forward`` does not return: the full class
+distribution of each detection, its mask probabilities at RoI resolution (no pasting to image
+size), the mask-branch embedding, and an image embedding from the finest FPN level.
 
 The detections (boxes, scores, labels) are exactly those of ``model(images)`` in eval mode: the
 post-processing below is torchvision's ``RoIHeads.postprocess_detections`` with the source
 proposal of each detection kept.
+
+``predict_instances`` and ``anchor_predictions`` at the end are kept for existing imports: they
+call the interface methods of any ``InstanceSegmenter``.
 """
 
 from __future__ import annotations
@@ -42,13 +46,14 @@ def _postprocess_with_sources(rh, class_logits, box_regression, proposals, image
 
 
 @torch.no_grad()
-def predict_instances(model: MaskRCNN, images: list[torch.Tensor], paste_masks: bool = False,
-                      roi_features: bool = False) -> list[dict]:
+def maskrcnn_instances(model: MaskRCNN, images: list[torch.Tensor], paste_masks: bool = False,
+                       roi_features: bool = False) -> list[dict]:
     """For each image: boxes (xyxy, original frame), scores, labels, class_probs (n, C+1; column 0
     background), mask_probs (n, M, M) of the predicted class, embeddings (n, D) (mask head output,
     average-pooled), image_embedding (D',) (mean of FPN level '0'); with ``paste_masks`` also masks
     (n, 1, H, W) probabilities, as ``model(images)`` returns them; with ``roi_features`` the mask
-    branch's RoI-pooled features (n, C, R, R). A model with a mask-IoU head adds pred_iou (n,)."""
+    branch's RoI-pooled features (n, C, R, R). A model with a mask-IoU head adds pred_iou (n,).
+    M = 2 R (the mask predictor upsamples the R x R RoI twice); the M x M map covers the box."""
     model.eval()
     original_sizes = [tuple(im.shape[-2:]) for im in images]
     image_list, _ = model.transform(images)
@@ -83,29 +88,23 @@ def predict_instances(model: MaskRCNN, images: list[torch.Tensor], paste_masks: 
 
 
 @torch.no_grad()
-def anchor_predictions(model: MaskRCNN, image: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-                       iou_threshold: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def maskrcnn_anchor_sets(model: MaskRCNN, transform, image: torch.Tensor, gt_boxes: torch.Tensor,
+                         gt_labels: torch.Tensor, iou_threshold: float | None = None
+                         ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """APIS's multiple-anchors prediction set (Sec. 3.2 (a)): for each ground-truth instance, the
-    RPN proposals that training would assign to it (box IoU >= the RoI heads' foreground threshold),
-    each giving the mask probabilities of the instance's known class at RoI resolution.
+    RPN proposals that training would assign to it (box IoU >= the RoI heads' foreground threshold,
+    or ``iou_threshold``), each giving the mask probabilities of the instance's known class at RoI
+    resolution; ``transform`` resizes and normalises the image (the model's, or a copy at another
+    input size).
 
-    Returns, per ground-truth instance, (mask_probs (K, M, M), proposal boxes (K, 4) in the original
-    image frame); K = 0 when no proposal matches.
-
-    This is the one place the APIS and AFIS strategies read a model's masks. Another architecture
-    plugs in by giving its model class a method ``anchor_predictions(image, gt_boxes, gt_labels,
-    iou_threshold)`` with the same return value: a CondInst adapter returns, per instance, the mask
-    probabilities of the locations assigned to it with the frame each map covers (the whole image,
-    at mask-branch resolution); the strategies need no change.
+    Returns, per ground-truth instance, (mask_probs (K, M, M) over each proposal box, proposal
+    boxes (K, 4) in the original image frame); K = 0 when no proposal matches.
     """
-    own = getattr(model, "anchor_predictions", None)
-    if callable(own):
-        return own(image, gt_boxes, gt_labels, iou_threshold)
     model.eval()
     rh = model.roi_heads
     thr = rh.proposal_matcher.high_threshold if iou_threshold is None else iou_threshold
     original = tuple(image.shape[-2:])
-    image_list, _ = model.transform([image])
+    image_list, _ = transform([image])
     size = image_list.image_sizes[0]
     features = model.backbone(image_list.tensors)
     proposals, _ = model.rpn(image_list, features)
@@ -118,11 +117,23 @@ def anchor_predictions(model: MaskRCNN, image: torch.Tensor, gt_boxes: torch.Ten
     for g in range(len(gt)):
         idx = torch.where(iou[g] >= thr)[0]
         if idx.numel() == 0:
-            r = rh.mask_roi_pool.output_size
-            m = 2 * (r[0] if isinstance(r, (list, tuple)) else r)  # the predictor upsamples the RoI x2
+            m = model.mask_size
             out.append((props.new_zeros((0, m, m)), props.new_zeros((0, 4))))
             continue
         boxes = props[idx]
         logits = rh.mask_predictor(rh.mask_head(rh.mask_roi_pool(features, [boxes], [size])))
         out.append((logits[:, int(gt_labels[g])].sigmoid(), resize_boxes(boxes, size, original)))
     return out
+
+
+def predict_instances(model, images: list[torch.Tensor], paste_masks: bool = False,
+                      roi_features: bool = False) -> list[dict]:
+    """``model.predict_instances(images, paste_masks, roi_features)`` (kept for existing imports)."""
+    return model.predict_instances(images, paste_masks=paste_masks, roi_features=roi_features)
+
+
+def anchor_predictions(model, image: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                       iou_threshold: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``model.prediction_sets(image, gt_boxes, gt_labels, match_iou=iou_threshold)`` (kept for
+    existing imports)."""
+    return model.prediction_sets(image, gt_boxes, gt_labels, match_iou=iou_threshold)

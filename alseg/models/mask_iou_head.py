@@ -69,20 +69,20 @@ def true_ious(det: dict, gt_masks: np.ndarray, gt_labels: np.ndarray, threshold:
 
 def train_mask_iou_head(model, dataset, iters: int, lr: float, device: str = "cpu", batch_size: int = 4,
                         max_detections: int = 20, seed: int = 0, progress: bool = True) -> dict:
-    """Train only ``model.mask_iou_head`` on detections of the (frozen) model on the labeled images.
+    """Train only ``model.mask_iou_head`` (a Mask R-CNN family model's; its
+    ``train_mask_iou_head`` method calls this) on detections of the (frozen) model on the labeled
+    images.
 
     The segmentation network is frozen, so its detections, RoI features and IoU targets are
     computed once, then the head is fitted on them for ``iters`` steps of ``batch_size`` images.
     """
-    from alseg.models.instance_inference import predict_instances
-
     head = model.mask_iou_head
     model.eval()
     cached = []
     for k in tqdm(range(len(dataset)), desc="mask-IoU targets", leave=False, disable=not progress):
         image, target = dataset[(k, 0)]
         with torch.no_grad():
-            det = predict_instances(model, [image.to(device)], paste_masks=True, roi_features=True)[0]
+            det = model.predict_instances([image.to(device)], paste_masks=True, roi_features=True)[0]
         keep = torch.argsort(det["scores"], descending=True)[:max_detections]
         det = {key: det[key][keep] for key in ("labels", "masks", "roi_features", "mask_probs")}
         iou = true_ious(det, target["masks"].numpy(), target["labels"].numpy())
@@ -117,13 +117,13 @@ def train_mask_iou_head(model, dataset, iters: int, lr: float, device: str = "cp
 @torch.no_grad()
 def iou_prediction_errors(model, data, device: str = "cpu", score_threshold: float = 0.5) -> dict:
     """Mean absolute error of the predicted IoU against the true IoU on a dataset: per detection,
-    and per image on the image score of Eq. 2 (mean over its detections), the paper's Table 2 metric."""
+    and per image on the image score of Eq. 2 (mean over its detections), the paper's Table 2 metric.
+    Any model with the mask_iou_head capability (``predict_instances`` gives ``pred_iou``)."""
     from alseg.data.torch_dataset import read_image, to_tensor
-    from alseg.models.instance_inference import predict_instances
 
     inst_err, image_err = [], []
     for rec in data.images:
-        det = predict_instances(model, [to_tensor(read_image(rec)).to(device)], paste_masks=True)[0]
+        det = model.predict_instances([to_tensor(read_image(rec)).to(device)], paste_masks=True)[0]
         keep = det["scores"] >= score_threshold
         if not keep.any():
             continue
@@ -140,14 +140,14 @@ def iou_prediction_errors(model, data, device: str = "cpu", score_threshold: flo
 @torch.no_grad()
 def true_image_scores(model, data, image_ids, device: str = "cpu", score_threshold: float = 0.5) -> dict[int, float]:
     """Eq. 2 with the true IoU of each detection against the ground truth (the paper's oracle,
-    Table 3); images without a detection above the threshold are left out."""
+    Table 3); images without a detection above the threshold are left out. Any model of the
+    interface (``alseg.models.base``)."""
     from alseg.data.torch_dataset import read_image, to_tensor
-    from alseg.models.instance_inference import predict_instances
 
     out = {}
     for image_id in image_ids:
         rec = data.by_id[image_id]
-        det = predict_instances(model, [to_tensor(read_image(rec)).to(device)], paste_masks=True)[0]
+        det = model.predict_instances([to_tensor(read_image(rec)).to(device)], paste_masks=True)[0]
         keep = det["scores"] >= score_threshold
         if keep.any():
             det = {k: det[k][keep] for k in ("labels", "masks")}

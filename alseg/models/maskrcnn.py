@@ -1,17 +1,31 @@
-"""torchvision Mask R-CNN, built from config: backbone, FPN width, head widths, anchors, RoI counts.
+"""The Mask R-CNN family: torchvision's Mask R-CNN behind alseg's model interface
+(``alseg.models.base.InstanceSegmenter``), built from config: backbone, FPN width, head widths,
+anchors, RoI counts, and optionally a mask-IoU head and point supervision.
 
 The small configuration (ResNet-18 FPN, 64 channels, narrow heads, 128-pixel images) trains on a
 CPU; the ResNet-50 FPN / 256-channel / COCO-size configuration is torchvision's default model.
+
+``MaskRCNNSegmenter`` is a torchvision ``MaskRCNN`` (the same module tree, so state dicts saved
+by earlier alseg versions load unchanged: backbone.*, rpn.*, roi_heads.*, mask_iou_head.*) with the
+interface methods:
+
+- class_prob_layout ``softmax_with_background``: class_probs (n, C + 1), the box head's softmax;
+- mask_probs (n, 28, 28) for the default heads (M = 2 x the mask RoI size), over the detection box;
+- embeddings (n, D): the mask head's output (the 4-conv stack before the predictor, on the
+  detection's R x R RoI features) average-pooled, D = mask_head_layers[-1];
+- image_embedding (D',): FPN level '0' (stride 4 of the resized input) average-pooled, D' =
+  fpn_channels;
+- prediction sets: the anchors set (RPN proposals matched to the instance), at any input size
+  (a copy of the transform resizes; the model's own is never changed) and flipped;
+- capabilities: prediction_sets always; point_supervision with ``point_supervision=true``
+  (``PointSupRoIHeads``); mask_iou_head with ``mask_iou`` (``MaskIoUHead``).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-from pathlib import Path
 from typing import Sequence
 
-import torch
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
@@ -22,6 +36,13 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from alseg.errors import ConfigError
+from alseg.models.base import (MASK_IOU_HEAD, POINT_SUPERVISION, PREDICTION_SETS, SOFTMAX_WITH_BACKGROUND,
+                               InstanceSegmenter, load_checkpoint, resized_copy)
+from alseg.models.base import fetch_torchvision_weights as _fetch_weights
+from alseg.models.base import resolve_weights as _resolve_weights
+from alseg.models.instance_inference import maskrcnn_anchor_sets, maskrcnn_instances
+
+__all__ = ["MaskRCNNSegmenter", "build_backbone", "build_maskrcnn", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +60,6 @@ def _norm_layer(name: str):
     if name == "gn":
         return lambda c: nn.GroupNorm(min(32, c // 4) or 1, c)
     raise ConfigError(f"model.norm: unknown norm {name!r}; choose from {sorted(NORMS)}")
-
-
-def _fetch_weights(weights_enum, what: str, timeout_s: float = 20.0):
-    """Resolve torchvision weights; fail with one clear line (never hang) when offline."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)
-    try:
-        return weights_enum.get_state_dict(progress=False, check_hash=False)
-    except Exception as e:  # urllib / socket / hash errors all mean the same to the user
-        raise ConfigError(
-            f"model.{what}: cannot fetch torchvision weights {weights_enum} ({type(e).__name__}: {e}); "
-            f"put the file in $TORCH_HOME/hub/checkpoints or set model.{what}=null / model.checkpoint=PATH"
-        ) from None
-    finally:
-        socket.setdefaulttimeout(old)
-
-
-def _resolve_weights(spec: str | None, family, what: str):
-    if spec in (None, "", "none", "null"):
-        return None
-    try:
-        return family[spec] if spec != "DEFAULT" else family.DEFAULT
-    except KeyError:
-        raise ConfigError(f"model.{what}: unknown weights {spec!r}; choose from {[w.name for w in family]}") from None
 
 
 def build_backbone(
@@ -97,6 +94,49 @@ def build_backbone(
     return BackboneWithFPN(net, return_layers, in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
 
 
+class MaskRCNNSegmenter(MaskRCNN, InstanceSegmenter):
+    """torchvision's ``MaskRCNN`` with alseg's model interface (module docstring). Built by
+    ``build_maskrcnn``; point supervision and the mask-IoU head are set there."""
+
+    family = "maskrcnn"
+    class_prob_layout = SOFTMAX_WITH_BACKGROUND
+
+    @property
+    def mask_size(self) -> int:
+        r = self.roi_heads.mask_roi_pool.output_size
+        return 2 * (r[0] if isinstance(r, (list, tuple)) else r)  # the predictor upsamples the RoI x2
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        from alseg.models.point_supervision import PointSupRoIHeads
+
+        caps = {PREDICTION_SETS}
+        if isinstance(self.roi_heads, PointSupRoIHeads):
+            caps.add(POINT_SUPERVISION)
+        if getattr(self, "mask_iou_head", None) is not None:
+            caps.add(MASK_IOU_HEAD)
+        return frozenset(caps)
+
+    def predict_instances(self, images, paste_masks: bool = False, roi_features: bool = False) -> list[dict]:
+        return maskrcnn_instances(self, images, paste_masks=paste_masks, roi_features=roi_features)
+
+    def _prediction_sets_once(self, image, gt_boxes, gt_labels, match_iou, scale):
+        transform = self.transform
+        if scale is not None:  # the short side at `scale`, the long-side limit in proportion
+            transform = resized_copy(transform, min_size=(int(scale),),
+                                     max_size=max(int(scale), transform.max_size * int(scale) // max(transform.min_size)))
+        return maskrcnn_anchor_sets(self, transform, image, gt_boxes, gt_labels, match_iou)
+
+    def train_mask_iou_head(self, dataset, device: str = "cpu", batch_size: int = 4, seed: int = 0,
+                            progress: bool = True) -> dict[str, float]:
+        from alseg.models.mask_iou_head import train_mask_iou_head
+
+        if getattr(self, "mask_iou_head", None) is None:
+            return super().train_mask_iou_head(dataset, device, batch_size, seed, progress)
+        return train_mask_iou_head(self, dataset, device=device, batch_size=batch_size, seed=seed, progress=progress,
+                                   **self.mask_iou_cfg)
+
+
 def build_maskrcnn(
     num_classes: int,
     backbone: str = "resnet18",
@@ -124,8 +164,8 @@ def build_maskrcnn(
     mask_iou: dict | None = None,
     point_supervision: bool = False,
     point_loss_weight: float = 1.0,
-) -> MaskRCNN:
-    """A torchvision ``MaskRCNN`` whose every size is a config value.
+) -> MaskRCNNSegmenter:
+    """A ``MaskRCNNSegmenter`` (torchvision ``MaskRCNN``) whose every size is a config value.
 
     ``weights`` names a COCO-trained torchvision Mask R-CNN weight set (ResNet-50 FPN, 256
     channels, only); its class heads are replaced when ``num_classes`` differs from COCO's 91.
@@ -141,7 +181,7 @@ def build_maskrcnn(
     anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(float(a) for a in aspect_ratios),) * n_levels)
     box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)
     mask_layers = tuple(int(c) for c in mask_head_layers)
-    model = MaskRCNN(
+    model = MaskRCNNSegmenter(
         body,
         num_classes=None,
         min_size=tuple(min_size) if isinstance(min_size, (list, tuple)) else int(min_size),
@@ -192,17 +232,3 @@ def _load_coco_weights(model: MaskRCNN, spec: str, backbone: str, fpn_channels: 
     kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(kept, strict=False)
     log.info("loaded %d/%d tensors of %s", len(kept), len(own), w)
-
-
-def load_checkpoint(model: nn.Module, path: str) -> None:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"model.checkpoint: file not found: {p}")
-    try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"model.checkpoint: {p} is not a readable torch checkpoint ({type(e).__name__})") from None
-    state = blob.get("model", blob) if isinstance(blob, dict) else blob
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or len(missing) == len(model.state_dict()):
-        raise ConfigError(f"model.checkpoint: {p} does not match this model ({len(unexpected)} unexpected keys)")

@@ -26,9 +26,8 @@ from alseg.annotation.budget import Budget
 from alseg.annotation.queries import Query, instance_query
 from alseg.data.torch_dataset import read_image, to_tensor
 from alseg.errors import ConfigError
-from alseg.models.instance_inference import anchor_predictions, predict_instances
 from alseg.strategies.apis_core import bring_many_to_box, entropy_map
-from alseg.strategies.base import MODEL, POINT_SUPERVISION, SelectionContext, Strategy
+from alseg.strategies.base import MODEL, POINT_SUPERVISION, PREDICTION_SETS, SelectionContext, Strategy
 
 
 class AfisInitial(Strategy):
@@ -54,6 +53,8 @@ class AfisMasks(Strategy):
         self.level = check.choice("level", level, ("image", "instance"))
         self.metric = check.choice("metric", metric, ("mean_entropy", "detection_loss"))
         self.max_cells = check.integer("max_cells", max_cells, 1)
+        if self.metric == "mean_entropy":
+            self.needs = self.needs | {PREDICTION_SETS}
 
     def _instance_scores(self, model, device, rec, insts) -> list[float]:
         boxes = torch.tensor([(x, y, x + w, y + h) for x, y, w, h in (i.bbox for i in insts)], dtype=torch.float32)
@@ -61,7 +62,7 @@ class AfisMasks(Strategy):
         image = to_tensor(read_image(rec)).to(device)
         if self.metric == "mean_entropy":
             out = []
-            for box, (probs, pboxes) in zip(boxes.tolist(), anchor_predictions(model, image, boxes, labels)):
+            for box, (probs, pboxes) in zip(boxes.tolist(), model.prediction_sets(image, boxes, labels)):
                 if len(probs) == 0:
                     out.append(math.log(2))
                     continue
@@ -70,7 +71,7 @@ class AfisMasks(Strategy):
                 maps = bring_many_to_box(probs.cpu().numpy(), pboxes.cpu().numpy(), box, grid)
                 out.append(float(entropy_map(maps).mean()))
             return out
-        det = predict_instances(model, [image])[0]
+        det = model.predict_instances([image])[0]
         out = []
         for box, label in zip(boxes, labels):
             same = det["labels"].cpu() == label

@@ -26,10 +26,9 @@ from alseg.annotation.queries import Query, point_query
 from alseg.data.coco import decode_segmentation
 from alseg.data.torch_dataset import read_image, to_tensor
 from alseg.errors import ConfigError
-from alseg.models.instance_inference import anchor_predictions
 from alseg.strategies.apis_core import (bring_many_to_box, cell_centers, random_point_in_box, select_point,
                                         select_point_error)
-from alseg.strategies.base import ENSEMBLE, MODEL, POINT_SUPERVISION, SelectionContext, Strategy
+from alseg.strategies.base import ENSEMBLE, MODEL, POINT_SUPERVISION, PREDICTION_SETS, SelectionContext, Strategy
 
 POINT_METRICS = ("entropy", "variance", "lowest_entropy", "random", "max_error", "least_error")
 
@@ -68,7 +67,8 @@ class ApisPoints(Strategy):
         # null: the RoI heads' foreground threshold; a proposal matches an instance at IoU >= match_iou.
         self.match_iou = check.number("match_iou", match_iou, 0, 1, low_open=True, none=True)
         self.needs = frozenset({POINT_SUPERVISION} if self.metric == "random" else
-                               {MODEL, POINT_SUPERVISION} | ({ENSEMBLE} if self.ensemble_size > 1 else set()))
+                               {MODEL, POINT_SUPERVISION, PREDICTION_SETS}
+                               | ({ENSEMBLE} if self.ensemble_size > 1 else set()))
 
     def _grid(self, box) -> tuple[int, int]:
         """The candidate grid over the box Omega: one cell per pixel, at most max_cells a side."""
@@ -117,25 +117,13 @@ class ApisPoints(Strategy):
         return [scored[k][1] for k in order]
 
     def _prediction_sets(self, model, image, boxes, labels):
-        """Per instance (probs (K, M, M), proposal boxes (K, 4)) over every scale and flip."""
-        sizes = self.scales or [None]
+        """Per instance (probs (K, h, w), frames (K, 4)) over every scale and flip: the model's
+        ``prediction_sets`` of each run, concatenated (scales in order, each plain then flipped)."""
         runs = []
-        transform = model.transform if self.scales else None  # only the scales set resizes inputs
-        saved = (transform.min_size, transform.max_size) if transform is not None else None
-        try:
-            for size in sizes:
-                if size is not None:
-                    transform.min_size, transform.max_size = (size,), max(size, saved[1] * size // max(saved[0]))
-                runs.append(anchor_predictions(model, image, boxes, labels, self.match_iou))
-                if self.flip:
-                    w = image.shape[-1]
-                    fboxes = boxes[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor([w, 0.0, w, 0])
-                    flipped = anchor_predictions(model, image.flip(-1), fboxes, labels, self.match_iou)
-                    runs.append([(p.flip(-1), b[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1], device=b.device)
-                                  + torch.tensor([w, 0.0, w, 0], device=b.device)) for p, b in flipped])
-        finally:
-            if transform is not None:
-                transform.min_size, transform.max_size = saved
+        for size in self.scales or [None]:
+            runs.append(model.prediction_sets(image, boxes, labels, match_iou=self.match_iou, scale=size))
+            if self.flip:
+                runs.append(model.prediction_sets(image, boxes, labels, match_iou=self.match_iou, scale=size, flip=True))
         return [(torch.cat([r[g][0] for r in runs]), torch.cat([r[g][1] for r in runs])) for g in range(len(boxes))]
 
     def analyze(self, ctx: SelectionContext, queries: list[Query], max_instances: int = 500,

@@ -21,6 +21,7 @@ from alseg.annotation.oracle import Oracle
 from alseg.annotation.queries import Query
 from alseg import config_check as check
 from alseg.data.coco import CocoDataset
+from alseg.models.base import MASK_IOU_HEAD, POINT_SUPERVISION, PREDICTION_SETS
 
 # What the loop provides to a strategy (ctx.model, or ctx.get(name)) ...
 MODEL = "model"  # ctx.model: the previous round's model (None at round 0)
@@ -28,9 +29,10 @@ REFERENCE_MODEL = "reference_model"  # a model trained on the whole pool with fu
 ENSEMBLE = "ensemble"  # the previous round's model and ensemble_size - 1 more trained on its labels
 POOL_PREDICTIONS = "pool_predictions"  # alseg.predictions.PoolPredictions of the previous round's model
 LABELED_PREDICTIONS = "labeled_predictions"  # the same on the labeled images
-# ... and what the model must have.
-MASK_IOU_HEAD = "mask_iou_head"  # predicted mask IoUs (model.mask_iou=..., pool_predictions.pred_iou)
-POINT_SUPERVISION = "point_supervision"  # trains on box / point labels (model.point_supervision=true)
+# ... and what the model must have: capabilities of alseg.models.base (model.capabilities), e.g.
+# MASK_IOU_HEAD: predicted mask IoUs (model.mask_iou=..., pool_predictions.pred_iou);
+# POINT_SUPERVISION: trains on box / point labels (model.point_supervision=true);
+# PREDICTION_SETS: APIS's per-instance prediction sets (model.prediction_sets).
 
 NEEDS: dict[str, str] = {
     MODEL: "the previous round's model",
@@ -40,6 +42,7 @@ NEEDS: dict[str, str] = {
     LABELED_PREDICTIONS: "the previous round's model's predictions on the labeled images",
     MASK_IOU_HEAD: "a model with a mask-IoU head",
     POINT_SUPERVISION: "a model trained with point supervision",
+    PREDICTION_SETS: "a model that gives per-instance prediction sets",
 }
 # Needs that only a trained model (round >= 1, or al.initial_run) can meet.
 NEEDS_A_TRAINED_MODEL = frozenset({MODEL, ENSEMBLE, POOL_PREDICTIONS, LABELED_PREDICTIONS})

@@ -28,9 +28,9 @@ AGGREGATIONS = ("mean", "weighted_sum")
 def instance_uncertainty(pp: PoolPredictions, metric: str) -> np.ndarray:
     """Higher = more uncertain, for every detected instance (Sec. 3.2, App. A)."""
     if metric == "cm":  # a low margin is uncertain (App. D, "Average CM": lowest first)
-        return -core.classification_margin(pp.class_probs)
+        return -core.classification_margin(pp.class_distribution())
     if metric == "ce":
-        return core.classification_entropy(pp.class_probs)
+        return core.classification_entropy(pp.class_distribution())
     if metric == "se":  # Eq. 3
         return core.segmentation_entropy(pp.mask_probs.astype(np.float32))
     raise ConfigError(f"strategy.metric must be one of {METRICS}, got {metric!r}")
@@ -174,6 +174,6 @@ class RoundRobinImages(Strategy):
         pp = ctx.get("pool_predictions")
         se = instance_uncertainty(pp, "se")
         per_class = core.weighted_sum_per_image_class(se, pp.areas, pp.labels, pp.image_index, len(pp.image_ids),
-                                                      pp.class_probs.shape[1], image_sizes(ctx, pp))
+                                                      pp.class_distribution().shape[1], image_sizes(ctx, pp))
         picked = core.round_robin_by_class(per_class, len(pp.image_ids))
         return ranked_queries(ctx, pp, picked, image_uncertainty(ctx, pp, "se", "weighted_sum"), rng)

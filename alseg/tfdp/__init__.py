@@ -18,9 +18,12 @@ from alseg.tfdp.scoring import (
     instance_shape_stats,
     kept_count,
     prune_coco,
+    prune_raw,
     rank_images,
     score_dataset,
     score_file,
+    score_loaded,
+    score_raw,
     select_top,
 )
 
@@ -38,8 +41,11 @@ __all__ = [
     "instance_shape_stats",
     "kept_count",
     "prune_coco",
+    "prune_raw",
     "rank_images",
     "score_dataset",
     "score_file",
+    "score_loaded",
+    "score_raw",
     "select_top",
 ]

@@ -4,7 +4,14 @@
         --out kept.json --scores scores.csv [--instance-scores inst.csv]
 
 Writes the kept subset as COCO JSON, a CSV ``image_id,score,kept,rank`` (every image, best first)
-and optionally per-instance scores; prints images per class before/after, problems and timings.
+and optionally per-instance scores; prints images per class before/after, problems, the time of
+each step (load, scoring, select, write) and the peak memory of the command and of its workers.
+
+Speed: the file is parsed with msgspec, the annotations left as JSON text that the scoring workers
+parse, validate and score (``alseg.tfdp.scoring.score_raw``); the kept annotations are copied to
+``--out`` as the input wrote them. With ``--plot-*`` the whole file is parsed here (the figures
+need the annotations). Scores are cached by the file's sha1, the variant, the contour option and
+the scoring version (``--cache-dir``, ``--no-cache``).
 
 Figures (``alseg.tfdp.plots``): ``--plot-scores scores.png`` (instance scores per class) and
 ``--plot-examples examples.png --images DIR [--num-examples 4]`` (kept images with the highest
@@ -16,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import sys
@@ -27,8 +33,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from alseg import interrupts
 from alseg.errors import AlsegError, ConfigError
 from alseg.files import WriteError, make_dirs
+from alseg.tfdp.jsonio import dump_json, gc_paused, read_coco, read_coco_lazy
 from alseg.tfdp.scoring import (
     CONTOURS,
     DEFAULT_VARIANT,
@@ -41,9 +49,11 @@ from alseg.tfdp.scoring import (
     ScoreResult,
     default_cache_dir,
     kept_count,
+    peak_rss_kib,
     prune_coco,
+    prune_raw,
     rank_images,
-    score_file,
+    score_loaded,
 )
 
 PROG = "alseg-prune"
@@ -85,15 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _atomic_write(path: Path, write: Callable[[io.TextIOBase], None]) -> None:
-    """Write a text file via a temporary file in the same folder and os.replace."""
+def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
+    """Write a file (text, or bytes with ``binary``) via a temporary file in the same folder and
+    os.replace."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
             write(f)
         os.replace(tmp, path)
     except OSError as e:
@@ -145,15 +156,21 @@ def images_per_class(result: ScoreResult, image_ids: np.ndarray | None = None) -
     if image_ids is not None:
         sel = np.isin(img, image_ids)
         img, cat = img[sel], cat[sel]
-    pairs = np.unique(np.stack([cat, img], axis=1), axis=0) if len(img) else np.zeros((0, 2), np.int64)
-    cats, counts = np.unique(pairs[:, 0], return_counts=True)
+    order = np.lexsort((img, cat))  # distinct (category, image) pairs: sorted, then first of each run
+    cat, img = cat[order], img[order]
+    first = np.ones(len(cat), dtype=bool)
+    first[1:] = (cat[1:] != cat[:-1]) | (img[1:] != img[:-1])
+    cats, counts = np.unique(cat[first], return_counts=True)
     return dict(zip(cats.tolist(), counts.tolist()))
 
 
-def _summary(data: dict, result: ScoreResult, kept: list[int], t_score: float, t_total: float) -> str:
+def _summary(data: dict, result: ScoreResult, kept: list[int], times: dict[str, float], t0: float) -> str:
+    """What was scored and kept, problems, images per class, then the time of each step (load,
+    scoring, select, write, total since ``t0``) and the peak memory of this process and of the
+    scoring workers."""
     n_img = len(result.image_ids)
     lines = []
-    src = "cache" if result.from_cache else f"{t_score:.2f} s"
+    src = "cache" if result.from_cache else f"{times['scoring']:.2f} s"
     lines.append(
         f"scored {result.n_scored} instances ({result.n_crowd} crowd regions skipped) in {n_img} images "
         f"[variant {result.variant}, contour {result.contour}, {src}]"
@@ -175,7 +192,11 @@ def _summary(data: dict, result: ScoreResult, kept: list[int], t_score: float, t
         b, a = before.get(cid, 0), after.get(cid, 0)
         share = f"{100.0 * a / b:5.1f}%" if b else "    -"
         lines.append(f"  {names.get(cid, str(cid)):<{width}} {b:7d} -> {a:7d}  {share}")
-    lines.append(f"time: scoring {t_score:.2f} s{' (cached)' if result.from_cache else ''}, total {t_total:.2f} s")
+    steps = ", ".join(f"{k} {v:.2f} s" + (" (cached)" if k == "scoring" and result.from_cache else "")
+                      for k, v in times.items())
+    lines.append(f"time: {steps}, total {time.perf_counter() - t0:.2f} s")
+    workers = f", largest scoring worker {result.worker_peak_rss_kib / 1024:.0f} MiB" if result.worker_peak_rss_kib else ""
+    lines.append(f"memory: peak RSS {peak_rss_kib() / 1024:.0f} MiB (this process){workers}")
     return "\n".join(lines)
 
 
@@ -205,35 +226,41 @@ def run(args: argparse.Namespace) -> int:
         if not os.access(make_dirs(p.parent), os.W_OK):
             raise WriteError(f"{p.parent}: cannot write {p.name} (permission denied); choose a writable folder")
 
-    t1 = time.perf_counter()
-    data, result = score_file(
-        ann,
-        variant=args.variant,
-        contour=args.contour,
-        workers=args.workers,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        progress=not args.no_progress,
-    )
-    t_score = time.perf_counter() - t1
-    k = kept_count(len(result.image_ids), keep=args.keep, count=args.count)
-    kept = rank_images(result)[:k]
-    kept_set = set(kept)
+    with gc_paused():  # millions of containers: the cyclic collector would rescan them all, often
+        t1 = time.perf_counter()
+        # Without figures, the annotations stay JSON text here: the scoring workers parse them and
+        # the kept ones are copied to --out as they were written (score_raw, prune_raw).
+        loaded = (read_coco if plots else read_coco_lazy)(ann, digest=not args.no_cache)
+        data = loaded.data
+        t2 = time.perf_counter()
+        result = score_loaded(data, loaded.sha1, variant=args.variant, contour=args.contour, workers=args.workers,
+                              cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=not args.no_progress,
+                              lazy=loaded.lazy)
+        t3 = time.perf_counter()
+        k = kept_count(len(result.image_ids), keep=args.keep, count=args.count)
+        kept = rank_images(result)[:k]
+        kept_set = set(kept)
+        t4 = time.perf_counter()
+        if loaded.lazy:
+            pieces, n_images, n_anns = prune_raw(data, result, kept_set)
+        else:
+            pruned = prune_coco(data, kept_set)
+            pieces, n_images, n_anns = [dump_json(pruned, loaded.strict)], len(pruned["images"]), len(pruned["annotations"])
+        _atomic_write(out, lambda f: f.writelines(pieces), binary=True)
+        write_image_scores(scores_csv, result, kept_set)
+        if args.instance_scores:
+            write_instance_scores(Path(args.instance_scores), result)
+        if plots:
+            from alseg.tfdp.plots import plot_kept_vs_pruned, plot_score_distribution
 
-    pruned = prune_coco(data, kept_set)
-    _atomic_write(out, lambda f: json.dump(pruned, f, separators=(",", ":")))
-    write_image_scores(scores_csv, result, kept_set)
-    if args.instance_scores:
-        write_instance_scores(Path(args.instance_scores), result)
-    if plots:
-        from alseg.tfdp.plots import plot_kept_vs_pruned, plot_score_distribution
-
-        if args.plot_scores:
-            plot_score_distribution(result, data, args.plot_scores)
-        if args.plot_examples:
-            plot_kept_vs_pruned(result, data, args.images, kept_set, args.plot_examples, n=args.num_examples)
-    print(_summary(data, result, kept, t_score, time.perf_counter() - t0))
-    print(f"wrote {out} ({len(pruned['images'])} images, {len(pruned['annotations'])} annotations), {scores_csv}"
+            if args.plot_scores:
+                plot_score_distribution(result, data, args.plot_scores)
+            if args.plot_examples:
+                plot_kept_vs_pruned(result, data, args.images, kept_set, args.plot_examples, n=args.num_examples)
+        t5 = time.perf_counter()
+        times = {"load": t2 - t1, "scoring": t3 - t2, "select": t4 - t3, "write": t5 - t4}
+        print(_summary(data, result, kept, times, t0))
+    print(f"wrote {out} ({n_images} images, {n_anns} annotations), {scores_csv}"
           + "".join(f", {p}" for p in [args.instance_scores, *plots] if p))
     return 0
 
@@ -243,12 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        with interrupts.handled():  # SIGTERM as Ctrl-C; outputs are written atomically
+            return run(args)
     except AlsegError as e:
         msg = " ".join(str(e).split())  # one line, always
         parser.exit(2, f"{PROG}: error: {msg}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, f"{PROG}: interrupted\n")
+    except KeyboardInterrupt as e:
+        name = getattr(e, "signal_name", "SIGINT")
+        parser.exit(interrupts.exit_code_of(e), f"\n{PROG}: interrupted ({name}); every output file is "
+                                                f"whole or untouched (atomic writes); run the command again\n")
 
 
 if __name__ == "__main__":

@@ -39,12 +39,19 @@ Choices the paper leaves open, and what this module does:
   scores are broken by image id (smaller id first) so that selection is deterministic.
 * **Kept count** for a ratio: ``round(keep * n_images)`` (half up), at least 1.
 
-Speed: a polygon is rasterised only inside its bounding box (+1 px margin, clipped to the image),
-with its coordinates shifted so that pycocotools produces exactly the pixels it would produce on the
-full image (see ``_shift_coords``); an RLE is decoded then cropped to its box before tracing. The
-parent validates the annotations chunk by chunk (``alseg.data.validation.AnnotationChecker``, which
-also builds the compact numpy chunks: coordinates, offsets, sizes) and a process pool scores the
-chunks; a worker never holds more than one mask at a time.
+Speed (about 30 us of CPU per instance at COCO scale, ``benchmarks/tfdp_speed.py``):
+
+* a polygon is rasterised only inside its bounding box (+1 px margin, clipped to the image), on
+  pycocotools' 5x grid shifted by the box origin (``alseg.tfdp.raster.upsampled``), which gives the
+  pixels the per-instance pycocotools code gave (the scores are bit-identical to it, see
+  tests/test_tfdp_raster.py); an RLE is decoded then cropped to its box before tracing;
+* the polygons of a chunk are rasterised and traced in batches (``alseg.tfdp.raster.polygon_stats``):
+  boundary points in closed form, packed canvases filled with one ``np.repeat``, one
+  ``findContours`` per canvas, perimeter and area from the contour points with numpy;
+* ``score_dataset`` (a dict in memory) validates in the parent chunk by chunk
+  (``alseg.data.validation.AnnotationChecker``, which also builds the compact numpy chunks) and a
+  process pool scores the chunks; ``score_raw`` (``alseg-prune``) leaves the annotations as JSON
+  text in the parent and the workers parse, validate and score them, so parsing is shared too.
 """
 
 from __future__ import annotations
@@ -93,13 +100,15 @@ from alseg.data.validation import (  # noqa: F401  (status codes re-exported for
     is_int,
 )
 from alseg.errors import AlsegError, ConfigError, DataError
+from alseg.tfdp.jsonio import decode_json, gc_paused, read_coco
+from alseg.tfdp.raster import polygon_stats, upsampled
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("scs", "si_scs", "cb_scs", "si_cb_scs")
 CONTOURS = ("largest", "all")
 DEFAULT_VARIANT = "si_cb_scs"
-SCORING_VERSION = 2  # bump when the numbers change: old cache files are then never read
+SCORING_VERSION = 3  # bump when the numbers or the cache's contents change: old cache files are then never read
 MARGIN = 1  # empty pixels kept around a mask's box in its crop (contours never touch a cut edge)
 
 # Per-annotation status codes (ShapeStats.status): alseg.data.validation's reasons, whose table
@@ -110,6 +119,7 @@ SCORED_STATUSES = (OK, DEGENERATE_PART)
 
 _MIN_CHUNK = 256
 _MAX_CHUNK = 4096
+_BATCH_PIXELS = 1 << 23  # canvas pixels (bytes) rasterised at once by a worker
 
 
 class ShapeStats(NamedTuple):
@@ -141,7 +151,11 @@ class ScoreResult:
     elapsed_s: float = 0.0
     from_cache: bool = False
     worker_cpu_s: float = 0.0  # CPU time spent measuring shapes, all processes together
-    worker_peak_rss_kib: int = 0  # largest own peak RSS of a scoring process, KiB (see _peak_rss_kib)
+    worker_peak_rss_kib: int = 0  # largest own peak RSS of a scoring process, KiB (see peak_rss_kib)
+    # Each annotation's 'image_id' as pruning reads it (an integer, else prune_image_ok False), in
+    # input order: the pruned file keeps the annotations of the kept images, valid or not.
+    prune_image_id: np.ndarray | None = None  # int64
+    prune_image_ok: np.ndarray | None = None  # bool
 
     @property
     def n_scored(self) -> int:
@@ -253,19 +267,6 @@ def _contour_stats(mask: np.ndarray, contour: str) -> tuple[float, float, int]:
     return p, a, (OK if a > 0 else ZERO_AREA)
 
 
-def _shift_coords(v: np.ndarray, origin_per_vertex: np.ndarray) -> np.ndarray:
-    """Coordinates in a crop starting at ``origin`` that rasterise exactly like the originals.
-
-    pycocotools rounds each coordinate to ``(int)(5 * x + .5)`` on a 5x grid; subtracting the origin
-    from ``x`` first would change that rounding for coordinates on a half grid step (COCO's
-    2-decimal values often are). So the grid value is computed as pycocotools does, shifted by the
-    integer ``5 * origin``, and passed back as ``X / 5``, which pycocotools rounds to ``X`` again.
-    Crops at the image's top/left edge (origin 0) keep the original values, negative ones included.
-    """
-    shifted = (np.trunc(v * 5.0 + 0.5) - 5.0 * origin_per_vertex) / 5.0
-    return np.where(origin_per_vertex > 0, shifted, v)
-
-
 def _rle_stats(seg: dict, h: int, w: int, contour: str) -> tuple[float, float, int]:
     """P, A and status of an RLE that alseg.data.validation accepted (runs adding up to h * w)."""
     counts = seg["counts"]
@@ -307,10 +308,10 @@ def _score_chunk(chunk: _Chunk) -> tuple:
                 per[n_poly + j], area[n_poly + j], st[n_poly + j] = _rle_stats(seg, h, w, contour)
             except (cv2.error, ValueError, TypeError, OverflowError, UnicodeError):
                 st[n_poly + j] = INVALID_RLE
-    return chunk.start, idx, per, area, st, time.process_time() - cpu0, _peak_rss_kib()
+    return chunk.start, idx, per, area, st, time.process_time() - cpu0, peak_rss_kib()
 
 
-def _peak_rss_kib() -> int:
+def peak_rss_kib() -> int:
     """This process's own peak RSS in KiB.
 
     Linux: VmHWM of /proc/self/status, the high-water mark of the process's current memory map.
@@ -333,48 +334,61 @@ def _peak_rss_kib() -> int:
 
 
 def _score_polygons(chunk: _Chunk, per: np.ndarray, area: np.ndarray, st: np.ndarray) -> None:
+    """P, A and status of the polygon instances of a chunk (rows 0 .. n_poly - 1 of the outputs),
+    in batches of at most ``_BATCH_PIXELS`` canvas pixels (``alseg.tfdp.raster.polygon_stats``)."""
     coords, part_ptr, inst_ptr = chunk.coords, chunk.part_ptr, chunk.inst_ptr
-    n_poly = len(inst_ptr) - 1
     xs, ys = coords[0::2], coords[1::2]
     vptr = part_ptr // 2
     v0 = vptr[inst_ptr[:-1]]
     nv = vptr[inst_ptr[1:]] - v0
     h, w = chunk.hw[:, 0], chunk.hw[:, 1]
-    # Coordinates are finite and within max(h, w) of the image (alseg.data.validation).
+    # The crop: the polygon's box + MARGIN, clipped to the image (coordinates are finite and within
+    # a few image sizes of it, alseg.data.validation).
     minx, maxx = np.minimum.reduceat(xs, v0), np.maximum.reduceat(xs, v0)
     miny, maxy = np.minimum.reduceat(ys, v0), np.maximum.reduceat(ys, v0)
     ox = np.maximum(0, np.floor(minx) - MARGIN).astype(np.int64)
     oy = np.maximum(0, np.floor(miny) - MARGIN).astype(np.int64)
     cw = (np.minimum(w, np.ceil(maxx) + MARGIN + 1) - ox).astype(np.int64)
     ch = (np.minimum(h, np.ceil(maxy) + MARGIN + 1) - oy).astype(np.int64)
-    shifted = np.empty_like(coords)
-    shifted[0::2] = _shift_coords(xs, np.repeat(ox, nv))
-    shifted[1::2] = _shift_coords(ys, np.repeat(oy, nv))
-
-    fr_poly, merge, decode, stats = _mask.frPoly, _mask.merge, _mask.decode, _contour_stats
-    contour = chunk.contour
-    pp = part_ptr.tolist()
-    ip = inst_ptr.tolist()
-    cwl, chl = cw.tolist(), ch.tolist()
-    for j in range(n_poly):
-        cwj, chj = cwl[j], chl[j]
-        if cwj < 1 or chj < 1:
-            st[j] = EMPTY_MASK
-            continue
-        a, b = ip[j], ip[j + 1]
+    X = upsampled(xs, np.repeat(ox, nv))
+    Y = upsampled(ys, np.repeat(oy, nv))
+    empty = (cw < 1) | (ch < 1)
+    st[:len(cw)][empty] = EMPTY_MASK
+    rows = np.flatnonzero(~empty)
+    if rows.size < len(cw):  # rare: take the instances with a crop (vertices, parts, offsets)
+        parts = _ranges(inst_ptr[rows], inst_ptr[rows + 1])
+        X = X[_ranges(vptr[parts], vptr[parts + 1])]
+        Y = Y[_ranges(vptr[parts], vptr[parts + 1])]
+        vptr = np.concatenate([[0], np.cumsum(vptr[parts + 1] - vptr[parts])])
+        inst_ptr = np.concatenate([[0], np.cumsum(inst_ptr[rows + 1] - inst_ptr[rows])])
+        cw, ch = cw[rows], ch[rows]
+    px = np.cumsum((cw + 1) * ch)
+    cuts = np.searchsorted(px, np.arange(_BATCH_PIXELS, int(px[-1]) if len(px) else 0, _BATCH_PIXELS), "right")
+    bounds = np.unique(np.concatenate([[0], np.maximum(cuts, 1), [len(cw)]])).tolist()
+    for i0, i1 in zip(bounds[:-1], bounds[1:]):
+        p0, p1 = int(inst_ptr[i0]), int(inst_ptr[i1])
+        q0, q1 = int(vptr[p0]), int(vptr[p1])
+        args = (X[q0:q1], Y[q0:q1], vptr[p0:p1 + 1] - q0, inst_ptr[i0:i1 + 1] - p0, cw[i0:i1], ch[i0:i1])
+        dst = rows[i0:i1]
         try:
-            if b - a == 1:
-                rles = fr_poly([shifted[pp[a] : pp[a + 1]]], chj, cwj)
-            else:
-                rles = [merge(fr_poly([shifted[pp[q] : pp[q + 1]] for q in range(a, b)], chj, cwj), 0)]
-            m = decode(rles)  # (ch, cw, 1) Fortran order; its transpose is C-contiguous
-            p, ar, s = stats(m[:, :, 0].T, contour)
+            per[dst], area[dst], st[dst] = polygon_stats(*args, contour=chunk.contour)
         except (cv2.error, ValueError, TypeError, OverflowError, MemoryError):
-            st[j] = INVALID_SEGMENTATION
-            continue
-        per[j], area[j] = p, ar
-        if s != OK:
-            st[j] = s
+            for j in range(i0, i1):  # find the instance(s) at fault
+                a, b = int(inst_ptr[j]), int(inst_ptr[j + 1])
+                c0, c1 = int(vptr[a]), int(vptr[b])
+                one = (X[c0:c1], Y[c0:c1], vptr[a:b + 1] - c0, np.array([0, b - a]), cw[j:j + 1], ch[j:j + 1])
+                try:
+                    per[rows[j]], area[rows[j]], st[rows[j]] = (v[0] for v in polygon_stats(*one, contour=chunk.contour))
+                except (cv2.error, ValueError, TypeError, OverflowError, MemoryError):
+                    st[rows[j]] = INVALID_SEGMENTATION
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(lo[i], hi[i]) over i (int64)."""
+    n = hi - lo
+    if int(n.sum()) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,20 +403,23 @@ def _mp_context():
     return mp.get_context("spawn")
 
 
-def _run_pool(chunks: Iterator[_Chunk], workers: int, collect: Callable[[tuple], None]) -> None:
-    """Score chunks in worker processes, building the next chunks while they work.
+def _run_pool(tasks: Iterable[tuple], workers: int, collect: Callable[[tuple], None], fn: Callable = None,
+              initializer: Callable | None = None, initargs: tuple = ()) -> None:
+    """Run ``fn(*task)`` (default: ``_score_chunk``) for each task in worker processes, building the
+    next tasks while they work.
 
-    At most ``2 * workers + 1`` chunks are built and not yet collected at any time (bounded memory).
+    At most ``2 * workers + 1`` tasks are built and not yet collected at any time (bounded memory).
     A worker that dies (e.g. a spawned child re-running an unguarded script) gives an AlsegError,
     never a hang.
     """
+    fn = fn or _score_chunk
     window = 2 * workers + 1
     try:
-        with ProcessPoolExecutor(workers, mp_context=_mp_context()) as ex:
+        with ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=initializer, initargs=initargs) as ex:
             pending: set = set()
             try:
-                for chunk in chunks:
-                    pending.add(ex.submit(_score_chunk, chunk))
+                for task in tasks:
+                    pending.add(ex.submit(fn, *task))
                     if len(pending) >= window:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for f in done:
@@ -487,10 +504,124 @@ def instance_shape_stats(
         for chunk in chunks:
             collect(_score_chunk(chunk))
     else:
-        _run_pool(chunks, workers, collect)
+        _run_pool(((c,) for c in chunks), workers, collect)
     if report is not None:
         report.update(worker_cpu_s=cpu[0], worker_peak_rss_kib=rss[0])
     return ShapeStats(out["ann_id"], out["image_id"], out["category_id"], perimeter, area, status, out["crowd"])
+
+
+_RAW_CONTEXT: dict = {}
+
+
+def _init_raw_worker(sizes: Mapping, category_ids: set | None) -> None:
+    """Pool initializer: the file's image sizes and category ids, sent once per worker."""
+    import gc
+
+    gc.disable()  # a worker makes a few thousand containers per chunk and no reference cycles
+    _RAW_CONTEXT.update(sizes=sizes, cats=category_ids)
+
+
+def _score_raw_chunk(start: int, payload: bytes, contour: str, context: Mapping | None = None) -> tuple:
+    """Parse (``jsonio.decode_json``), validate (``AnnotationChecker``, as ``_build_chunks`` does) and
+    score annotations ``start ..`` given as one JSON array; runs in a worker process. Returns the
+    per-annotation arrays, the CPU time it took and the process's peak RSS."""
+    cpu0 = time.process_time()
+    ctx = context if context is not None else _RAW_CONTEXT
+    anns = decode_json(payload)
+    c = AnnotationChecker(ctx["sizes"], ctx["cats"]).check(anns, 0, len(anns), geometry=True, crowd_geometry=False)
+    # the image id as pruning reads it: the checker's where it read the ids, else looked up
+    prune_ok = c.status != INVALID_ANNOTATION
+    prune = (c.image_id.copy(), prune_ok)
+    bad = np.flatnonzero(~prune_ok)
+    if bad.size:
+        ids, ok = _prune_image_ids([anns[k] for k in bad.tolist()])
+        prune[0][bad], prune_ok[bad] = ids, ok
+    del anns
+    st = c.status
+    st[c.crowd & ((st == OK) | (st == DEGENERATE_PART))] = CROWD  # a crowd region is never scored
+    chunk = _Chunk(start=start, local=c.poly_local, coords=c.coords, part_ptr=c.part_ptr, inst_ptr=c.inst_ptr,
+                   hw=c.hw, rles=c.rles, contour=contour)
+    _, idx, per, area, s, _, _ = _score_chunk(chunk)
+    return (start, c.ann_id, c.image_id, c.category_id, st, c.crowd, idx, per, area, s, prune,
+            time.process_time() - cpu0, peak_rss_kib())
+
+
+def instance_shape_stats_raw(
+    raw_annotations: Sequence,
+    sizes: Mapping[int, tuple[int, int] | None],
+    category_ids: Iterable[int] | None,
+    contour: str = "largest",
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int | None = None,
+    report: dict | None = None,
+) -> tuple[ShapeStats, tuple[np.ndarray, np.ndarray]]:
+    """``instance_shape_stats`` of annotations given as JSON text, one ``msgspec.Raw`` (or bytes)
+    each, plus each annotation's image id as pruning reads it (``_prune_image_ids``).
+
+    Chunks of the text go to the workers, which parse, validate and score them; a repeated
+    annotation id across chunks (which one chunk's checker cannot see) is found here afterwards:
+    as ``AnnotationChecker`` does in one pass, the first annotation with the id that passed the id
+    checks keeps its result and every later one is ``duplicate_annotation_id``.
+    """
+    if contour not in CONTOURS:
+        raise ConfigError(f"unknown contour option {contour!r}; choose one of {', '.join(CONTOURS)}")
+    workers = _resolve_workers(workers)
+    cats = None if category_ids is None else set(category_ids)
+    n = len(raw_annotations)
+    ann_id = np.full(n, -1, dtype=np.int64)
+    image_id = np.full(n, -1, dtype=np.int64)
+    category_id = np.full(n, -1, dtype=np.int64)
+    status = np.zeros(n, dtype=np.int8)
+    crowd = np.zeros(n, dtype=bool)
+    perimeter = np.full(n, np.nan)
+    area = np.full(n, np.nan)
+    prune_id = np.zeros(n, dtype=np.int64)
+    prune_ok = np.zeros(n, dtype=bool)
+    size = chunk_size or _chunk_size(n, workers)
+    cpu = [0.0]
+    rss = [0]
+
+    def tasks():
+        for start in range(0, n, size):
+            yield start, b"[" + b",".join(raw_annotations[start:start + size]) + b"]", contour
+
+    def collect(res) -> None:
+        start, a_id, i_id, c_id, st, cr, idx, p, a, s, prune, cpu_s, rss_kib = res
+        stop = start + len(st)
+        ann_id[start:stop], image_id[start:stop], category_id[start:stop] = a_id, i_id, c_id
+        status[start:stop], crowd[start:stop] = st, cr
+        prune_id[start:stop], prune_ok[start:stop] = prune
+        g = start + idx.astype(np.int64)
+        perimeter[g] = p
+        area[g] = a
+        bad = s != OK
+        status[g[bad]] = s[bad]  # keeps DEGENERATE_PART set by the checker for scored instances
+        cpu[0] += cpu_s
+        rss[0] = max(rss[0], rss_kib)
+        if progress is not None:
+            progress(stop - start)
+
+    if workers <= 1 or n < 2 * _MIN_CHUNK:
+        ctx = {"sizes": sizes, "cats": cats}
+        for start, payload, cont in tasks():
+            collect(_score_raw_chunk(start, payload, cont, ctx))
+    else:
+        _run_pool(tasks(), workers, collect, fn=_score_raw_chunk, initializer=_init_raw_worker,
+                  initargs=(dict(sizes), cats))
+    # repeated ids across chunks: the first annotation that passed the id checks keeps its id
+    cand = np.flatnonzero(status != INVALID_ANNOTATION)
+    if cand.size:
+        _, first = np.unique(ann_id[cand], return_index=True)
+        later = np.ones(cand.size, dtype=bool)
+        later[first] = False
+        dup = cand[later]
+        status[dup] = DUPLICATE_ANNOTATION_ID
+        perimeter[dup] = np.nan
+        area[dup] = np.nan
+    if report is not None:
+        report.update(worker_cpu_s=cpu[0], worker_peak_rss_kib=rss[0])
+    return ShapeStats(ann_id, image_id, category_id, perimeter, area, status, crowd), (prune_id, prune_ok)
 
 
 def _base_scores(perimeter: np.ndarray, area: np.ndarray, variant: str) -> np.ndarray:
@@ -515,43 +646,59 @@ def compute_scores(stats: ShapeStats, variant: str) -> np.ndarray:
     return scores
 
 
-def score_dataset(
-    coco_dict: Mapping,
-    variant: str = DEFAULT_VARIANT,
-    contour: str = "largest",
-    workers: int | None = None,
-    progress: bool | Callable[[int], None] = False,
-) -> ScoreResult:
-    """Score every image of a COCO dict (``progress=True``: a tqdm bar on stderr)."""
-    _check_options(variant, contour)
-    if not isinstance(coco_dict, Mapping):
+def _check_coco(coco: Mapping) -> None:
+    if not isinstance(coco, Mapping):
         raise DataError("COCO data: expected a JSON object with 'images', 'annotations', 'categories'")
     for key in ("images", "annotations", "categories"):
-        if not isinstance(coco_dict.get(key), list):
+        if not isinstance(coco.get(key), list):
             raise DataError(f"COCO data: missing or malformed field '{key}' (expected a list)")
-    t0 = time.perf_counter()
+
+
+def _index_file(images: Sequence, categories: Sequence) -> tuple[list[int], dict, set, dict[str, int]]:
+    """Image ids (file order), image sizes, category ids and the file-level problems."""
     problems: dict[str, int] = {}
-    image_ids, sizes = _index_images(coco_dict["images"], problems)
-    cats, cat_problems = index_categories(coco_dict["categories"])
+    image_ids, sizes = _index_images(images, problems)
+    cats, cat_problems = index_categories(categories)
     for p in cat_problems:
         problems[p.reason] = problems.get(p.reason, 0) + 1
-    cat_ids = set(cats)
-    anns = coco_dict["annotations"]
-    bar = None
-    callback = progress if callable(progress) else None
-    if progress is True:
-        from tqdm import tqdm
+    return image_ids, sizes, set(cats), problems
 
-        bar = tqdm(total=len(anns), unit="inst", desc="tfdp scoring", mininterval=0.5, dynamic_ncols=True)
-        callback = bar.update
-    report: dict = {}
-    try:
-        stats = instance_shape_stats(
-            anns, sizes, contour, workers, category_ids=cat_ids, progress=callback, report=report
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+
+class _Progress:
+    """``progress``: True (a tqdm bar on stderr), a callable taking a count, or False."""
+
+    def __init__(self, progress: bool | Callable[[int], None], total: int):
+        self.bar = None
+        self.callback = progress if callable(progress) else None
+        if progress is True:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="inst", desc="tfdp scoring", mininterval=0.5, dynamic_ncols=True)
+            self.callback = self.bar.update
+
+    def __enter__(self):
+        return self.callback
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _prune_image_ids(annotations: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Each annotation's 'image_id' as ``prune_coco`` reads it: (int64 ids, bool ok)."""
+    n = len(annotations)
+    ids = np.zeros(n, dtype=np.int64)
+    ok = np.zeros(n, dtype=bool)
+    for k, a in enumerate(annotations):
+        iid = a.get("image_id") if type(a) is dict else None
+        if is_int(iid) and -(2**63) <= iid < 2**63:
+            ids[k] = iid
+            ok[k] = True
+    return ids, ok
+
+
+def _result(stats: ShapeStats, image_ids: list[int], problems: dict[str, int], variant: str, contour: str,
+            t0: float, report: dict, prune_ids: tuple[np.ndarray, np.ndarray]) -> ScoreResult:
     inst_scores = compute_scores(stats, variant)
     ids = np.asarray(image_ids, dtype=np.int64)
     img_scores = np.zeros(len(ids))
@@ -576,7 +723,57 @@ def score_dataset(
         elapsed_s=time.perf_counter() - t0,
         worker_cpu_s=report.get("worker_cpu_s", 0.0),
         worker_peak_rss_kib=report.get("worker_peak_rss_kib", 0),
+        prune_image_id=prune_ids[0],
+        prune_image_ok=prune_ids[1],
     )
+
+
+def score_dataset(
+    coco_dict: Mapping,
+    variant: str = DEFAULT_VARIANT,
+    contour: str = "largest",
+    workers: int | None = None,
+    progress: bool | Callable[[int], None] = False,
+) -> ScoreResult:
+    """Score every image of a COCO dict (``progress=True``: a tqdm bar on stderr)."""
+    _check_options(variant, contour)
+    _check_coco(coco_dict)
+    t0 = time.perf_counter()
+    image_ids, sizes, cat_ids, problems = _index_file(coco_dict["images"], coco_dict["categories"])
+    anns = coco_dict["annotations"]
+    report: dict = {}
+    with _Progress(progress, len(anns)) as callback:
+        stats = instance_shape_stats(anns, sizes, contour, workers, category_ids=cat_ids, progress=callback,
+                                     report=report)
+    return _result(stats, image_ids, problems, variant, contour, t0, report, _prune_image_ids(anns))
+
+
+def score_raw(
+    top: Mapping,
+    variant: str = DEFAULT_VARIANT,
+    contour: str = "largest",
+    workers: int | None = None,
+    progress: bool | Callable[[int], None] = False,
+    chunk_size: int | None = None,
+) -> ScoreResult:
+    """``score_dataset`` of a file read by ``alseg.tfdp.jsonio.read_coco_lazy``: the same result,
+    but the annotations stay JSON text (``msgspec.Raw``) in this process. The workers parse,
+    validate and score them chunk by chunk, so parsing is shared among the processes and the
+    annotations never exist here as Python objects (see ``instance_shape_stats_raw``).
+
+    ``top``: the file's top-level object with 'images' and 'categories' parsed and 'annotations'
+    a list of ``msgspec.Raw`` (``LazyCoco.top``).
+    """
+    _check_options(variant, contour)
+    _check_coco(top)
+    t0 = time.perf_counter()
+    image_ids, sizes, cat_ids, problems = _index_file(top["images"], top["categories"])
+    raw = top["annotations"]
+    report: dict = {}
+    with _Progress(progress, len(raw)) as callback:
+        stats, prune_ids = instance_shape_stats_raw(raw, sizes, cat_ids, contour, workers, progress=callback,
+                                                    chunk_size=chunk_size, report=report)
+    return _result(stats, image_ids, problems, variant, contour, t0, report, prune_ids)
 
 
 def _as_id_scores(image_scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -631,20 +828,27 @@ def select_top(image_scores: Any, keep: float | None = None, count: int | None =
     return ranked[:k]
 
 
+def _kept_images(images: Iterable, kept_ids: Iterable[int]) -> tuple[list, set[int]]:
+    """The image entries whose id is kept, in file order, the first of a repeated id only; and
+    the set of their ids."""
+    kept = {int(i) for i in kept_ids}
+    out, seen = [], set()
+    for img in images:
+        iid = img.get("id") if isinstance(img, dict) else None
+        if is_int(iid) and iid in kept and iid not in seen:
+            seen.add(iid)
+            out.append(img)
+    return out, seen
+
+
 def prune_coco(coco_dict: Mapping, kept_ids: Iterable[int]) -> dict:
     """A COCO dict with only the kept images (file order) and all their annotations (crowd too).
 
     Every other top-level field (info, licenses, categories, ...) is kept as is; every category is
     kept even when no kept image holds it.
     """
-    kept = {int(i) for i in kept_ids}
     out = {k: v for k, v in coco_dict.items() if k not in ("images", "annotations")}
-    images, seen = [], set()
-    for img in coco_dict.get("images", []):
-        iid = img.get("id") if isinstance(img, dict) else None
-        if is_int(iid) and iid in kept and iid not in seen:
-            seen.add(iid)
-            images.append(img)
+    images, seen = _kept_images(coco_dict.get("images", []), kept_ids)
     anns = []
     for a in coco_dict.get("annotations", []):
         iid = a.get("image_id") if isinstance(a, dict) else None
@@ -654,6 +858,35 @@ def prune_coco(coco_dict: Mapping, kept_ids: Iterable[int]) -> dict:
     out["annotations"] = anns
     out.setdefault("categories", [])
     return out
+
+
+def prune_raw(top: Mapping, result: ScoreResult, kept_ids: Iterable[int]) -> tuple[Iterator[bytes], int, int]:
+    """``prune_coco`` of a file read by ``jsonio.read_coco_lazy`` and scored by ``score_raw``: the
+    compact JSON text as consecutive pieces (write them in order), and the numbers of images and
+    annotations kept. The kept annotations are copied as the file wrote them (never parsed here),
+    in blocks, so the whole text never exists at once; everything else as ``prune_coco`` does."""
+    import msgspec
+
+    out = {k: v for k, v in top.items() if k not in ("images", "annotations")}
+    images, seen = _kept_images(top.get("images", []), kept_ids)
+    raw = top.get("annotations", [])
+    if result.prune_image_id is None or len(result.prune_image_id) != len(raw):
+        raise ValueError("prune_raw needs the ScoreResult of the same annotations (score_raw)")
+    ids = np.fromiter(seen, np.int64, len(seen))
+    sel = np.flatnonzero(result.prune_image_ok & np.isin(result.prune_image_id, ids)).tolist()
+    out["images"] = images
+    out["annotations"] = msgspec.Raw(b"\x00")  # JSON text never holds a raw NUL byte: a safe marker
+    out.setdefault("categories", [])
+    head, tail = msgspec.json.encode(out).split(b"\x00")
+
+    def pieces() -> Iterator[bytes]:
+        yield head + b"["
+        for i in range(0, len(sel), 65536):
+            block = sel[i:i + 65536]
+            yield (b"," if i else b"") + b",".join([raw[k] for k in block])
+        yield b"]" + tail
+
+    return pieces(), len(images), len(sel)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -704,6 +937,8 @@ def save_cached(path: str | os.PathLike, result: ScoreResult, content_sha1: str)
                 image_ids=result.image_ids,
                 image_scores=result.image_scores,
                 **{f"stats_{k}": v for k, v in result.stats._asdict().items()},
+                **({} if result.prune_image_id is None else
+                   {"prune_image_id": result.prune_image_id, "prune_image_ok": result.prune_image_ok}),
             )
         os.replace(tmp, path)
     except BaseException:
@@ -738,10 +973,48 @@ def load_cached(path: str | os.PathLike, content_sha1: str, variant: str, contou
                 n_crowd=int(meta["n_crowd"]),
                 elapsed_s=float(meta.get("elapsed_s", 0.0)),
                 from_cache=True,
+                prune_image_id=z["prune_image_id"] if "prune_image_id" in z.files else None,
+                prune_image_ok=z["prune_image_ok"] if "prune_image_ok" in z.files else None,
             )
     except Exception as e:  # a corrupt cache file is recomputed, never fatal
         log.warning("%s: ignoring unreadable cache file (%s)", path, e)
         return None
+
+
+def score_loaded(
+    data: Mapping,
+    content_sha1: str,
+    variant: str = DEFAULT_VARIANT,
+    contour: str = "largest",
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    progress: bool | Callable[[int], None] = False,
+    lazy: bool = False,
+) -> ScoreResult:
+    """``score_dataset`` (``lazy``: ``score_raw``) of a loaded COCO file, through the score cache.
+
+    ``content_sha1``: the sha1 of the file's bytes (``file_sha1``, or ``jsonio.read_coco``); with
+    the variant, the contour option and ``SCORING_VERSION`` it names the cache file, so editing the
+    file, asking for another variant or changing the scoring code never reuses a cache file.
+    """
+    _check_options(variant, contour)
+    cfile = None
+    if use_cache:
+        cfile = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), content_sha1, variant, contour)
+        cached = load_cached(cfile, content_sha1, variant, contour)
+        if cached is not None and cached.prune_image_id is not None:
+            return cached
+    if lazy:
+        result = score_raw(data, variant, contour, workers, progress=progress)
+    else:
+        result = score_dataset(data, variant, contour, workers, progress=progress)
+    if cfile is not None:
+        try:
+            save_cached(cfile, result, content_sha1)
+        except OSError as e:
+            log.warning("%s: cannot write cache file (%s)", cfile, e.strerror or e)
+    return result
 
 
 def score_file(
@@ -753,28 +1026,11 @@ def score_file(
     use_cache: bool = True,
     progress: bool | Callable[[int], None] = False,
 ) -> tuple[dict, ScoreResult]:
-    """Load a COCO annotation file and score it, with an on-disk cache.
-
-    The cache key is the sha1 of the file's bytes plus the variant and contour option (and the
-    scoring version): editing the file, or asking for another variant, never reuses a cache file.
-    """
-    from alseg.data.coco import load_json
-
+    """Load a COCO annotation file (``alseg.tfdp.jsonio.read_coco``) and score it, with an on-disk
+    cache keyed by the sha1 of the file's bytes, the variant, the contour option and the scoring
+    version (``score_loaded``). DataError when the file is missing or not a COCO JSON object."""
     _check_options(variant, contour)
-    cfile = None
-    sha1 = ""
-    if use_cache:
-        sha1 = file_sha1(ann_file)
-        cfile = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), sha1, variant, contour)
-    data = load_json(ann_file)
-    if cfile is not None:
-        cached = load_cached(cfile, sha1, variant, contour)
-        if cached is not None:
-            return data, cached
-    result = score_dataset(data, variant, contour, workers, progress=progress)
-    if cfile is not None:
-        try:
-            save_cached(cfile, result, sha1)
-        except OSError as e:
-            log.warning("%s: cannot write cache file (%s)", cfile, e.strerror or e)
-    return data, result
+    with gc_paused():
+        loaded = read_coco(ann_file, digest=use_cache)
+        result = score_loaded(loaded.data, loaded.sha1, variant, contour, workers, cache_dir, use_cache, progress)
+    return loaded.data, result

@@ -9,8 +9,9 @@ strategy (``strategy`` of the result records, else ``strategy.name`` of ``config
 table gives the mean labeled images and annotation hours and ``mean ± std`` of each metric over the
 group's runs (seeds); std is the population std (numpy, ddof=0), as in ``alseg.plots``. A round is
 aggregated only where every run of its group has it; incomplete runs are listed under the table.
-Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images and hours)
-to ``--out``.
+Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images and hours: the
+mean over seeds, a band of ± 1 std, the number of seeds per group in the legend, the experiment
+folder and the metrics in the title) to ``--out``.
 """
 
 from __future__ import annotations
@@ -403,6 +404,16 @@ def print_table(groups: list[Group], metrics: Sequence[str], group_header: str, 
     print_grouped_table("alseg-compare (mean ± std over seeds)", [group_header, *header], rows, notes, metrics)
 
 
+def plot_title(groups: list[Group], metrics: Sequence[str], group_header: str) -> str:
+    """compare.png's title: the experiment folder(s) (the runs' parent folders), the metrics and the
+    grouping, then what the line and the band show."""
+    exps = sorted({r.path.parent.name for g in groups for r in g.runs})
+    where = ", ".join(exps[:3]) + (f" and {len(exps) - 3} more" if len(exps) > 3 else "")
+    return (f"{where}: {', '.join(metrics)} per {group_header}\n"
+            "line: mean over seeds, band: ± 1 std (population) where a group has 2 or more; "
+            "seeds per group in the legend")
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -463,7 +474,8 @@ def compare(paths: Sequence[str | os.PathLike], metrics: Sequence[str] = DEFAULT
         if keep:
             plot_groups[g.label] = [[r for r in run.records if r["round"] in keep] for run in g.runs]
     try:
-        plot_ap_vs_cost(plot_groups, out / "compare.png", metrics=tuple(metrics))
+        plot_ap_vs_cost(plot_groups, out / "compare.png", metrics=tuple(metrics),
+                        title=plot_title(groups, metrics, group_header))
     except OSError as e:
         raise CompareError(f"{out / 'compare.png'}: cannot be written ({e})") from None
 

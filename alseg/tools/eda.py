@@ -3,17 +3,22 @@
     python tools/eda.py --ann instances_train2017.json [--classes person cat dog car] --out counts.png
 
 Prints a table (instances, images holding the class, small / medium / large instances by the COCO
-area thresholds 32² and 96²) and saves a bar plot of instances per class, each bar split by size.
-Crowd regions are not instances (as in training) and are counted apart.
+area thresholds 32² and 96²) and saves a bar plot of the classes with at least one instance (the
+title says how many without any are left out): instances per class, each bar split by size, above
+images per class, in the table's order. Crowd regions are not instances (as in training) and are
+counted apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from alseg.data.coco import CocoDataset, load_json
 from alseg.errors import AlsegError
@@ -121,36 +126,80 @@ def print_stats(stats: DatasetStats, order: list[str]) -> None:
         print("skipped invalid annotations: " + ", ".join(f"{k}: {v}" for k, v in stats.skipped.items()))
 
 
-def plot_counts(stats: DatasetStats, order: list[str], path: str | Path, title: str | None = None) -> Path:
-    """Bar plot of instances per class, each bar stacked small / medium / large, count on top."""
-    import matplotlib
+def class_order(stats: DatasetStats, sort: str = "count") -> list[str]:
+    """Class names of ``stats`` in order: "count" most instances first (ties: more images first,
+    then category id order), "name" alphabetical, "id" category id order. Raises ValueError for
+    another ``sort``."""
+    order = list(stats.per_class)  # category id order
+    if sort == "count":
+        order.sort(key=lambda n: (-stats.per_class[n].instances, -stats.per_class[n].images))
+    elif sort == "name":
+        order.sort()
+    elif sort != "id":
+        raise ValueError(f"class_order: sort must be count, name or id, got {sort!r}")
+    return order
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
-    k = len(order)
-    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.22 * k + 2), 20), 4.5))
+def plot_table(stats: DatasetStats, order: Sequence[str]) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """What the bar plot shows: (rows, omitted). rows: (class, instances, images holding it) of
+    the classes of ``order`` with at least one instance, in that order; omitted: the others."""
+    rows = [(n, stats.per_class[n].instances, stats.per_class[n].images) for n in order]
+    return [r for r in rows if r[1] > 0], [n for n, k, _ in rows if k == 0]
+
+
+def counts_figure(stats: DatasetStats, order: Sequence[str], title: str | None = None):
+    """The figure of ``plot_counts`` (matplotlib Figure, open; the caller saves or closes it): for
+    the rows of ``plot_table(stats, order)``, instances per class stacked small / medium / large
+    (top) and images per class (bottom), counts on the bars up to 40 classes; the title says how
+    many classes without any instance are left out."""
+    from matplotlib.ticker import MaxNLocator
+
+    from alseg.plots import plt
+
+    rows, omitted = plot_table(stats, order)
+    names = [r[0] for r in rows]
+    k = len(names)
+    fig = plt.figure(figsize=(min(max(6.0, 0.22 * k + 2), 20), 7.5), layout="constrained")
+    ax, ax_img = fig.subplots(2, 1, sharex=True)
     x = np.arange(k)
     bottom = np.zeros(k)
     colors = {"small": "#9ecae1", "medium": "#4292c6", "large": "#08519c"}
     for s in SIZES:
-        v = np.array([stats.per_class[n].sizes[s] for n in order], float)
+        v = np.array([stats.per_class[n].sizes[s] for n in names], float)
         ax.bar(x, v, bottom=bottom, color=colors[s], label=f"{s}", width=0.8)
         bottom += v
+    images = np.array([r[2] for r in rows], float)
+    ax_img.bar(x, images, color="#74c476", width=0.8)
     if k <= 40:
-        for xi, tot in zip(x, bottom):
-            ax.text(xi, tot, str(int(tot)), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x)
-    ax.set_xticklabels(order, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center", fontsize=8)
+        for a, heights in ((ax, bottom), (ax_img, images)):
+            for xi, tot in zip(x, heights):
+                a.text(xi, tot, str(int(tot)), ha="center", va="bottom", fontsize=8)
+    ax_img.set_xticks(x)
+    ax_img.set_xticklabels(names, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center", fontsize=8)
     ax.set_ylabel("instances")
-    ax.set_title(title or f"{Path(stats.source).name}: {stats.num_instances} instances in "
-                          f"{stats.num_images - stats.empty_images} of {stats.num_images} images")
-    ax.legend(title="size (COCO)", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    ax.margins(y=0.1)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    ax_img.set_ylabel("images holding the class")
+    if k:
+        ax.legend(title="size (COCO area)", fontsize=8)
+    for a in (ax, ax_img):
+        a.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
+        a.grid(axis="y", alpha=0.3)
+        a.margins(y=0.1)
+    if title is None:
+        title = (f"{Path(stats.source).name}: {stats.num_instances} instances of {k} classes in "
+                 f"{stats.num_images - stats.empty_images} of {stats.num_images} images")
+        if omitted:
+            shown = ", ".join(omitted[:5]) + (", ..." if len(omitted) > 5 else "")
+            plural = "es" if len(omitted) > 1 else ""
+            title += f"\n{len(omitted)} class{plural} without any instance not shown ({shown})"
+    width = int(fig.get_figwidth() * 100 / 7)  # characters of 10-point text across the figure at 100 dpi
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=10)
+    return fig
+
+
+def plot_counts(stats: DatasetStats, order: Sequence[str], path: str | Path, title: str | None = None) -> Path:
+    """Write ``counts_figure(stats, order, title)`` to ``path`` (PNG, 100 dpi); returns the path.
+    Raises DataError when it cannot be written."""
+    return save_figure(counts_figure(stats, order, title), path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,16 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", nargs="+", metavar="NAME", help="only these classes (default: all)")
     p.add_argument("--out", type=Path, default=Path("counts.png"), help="bar plot PNG (default: counts.png)")
     p.add_argument("--sort", choices=("count", "name", "id"), default="count",
-                   help="class order: most instances first (default), by name, or by category id")
+                   help="class order of table and plot: most instances first (default), by name, or by category id")
     p.add_argument("--strict", action="store_true", help="fail on an invalid annotation instead of skipping it")
     args = p.parse_args(argv)
     try:
         stats = load_stats(args.ann, args.classes, strict=args.strict)
-        order = list(stats.per_class)  # category id order
-        if args.sort == "count":
-            order.sort(key=lambda n: -stats.per_class[n].instances)
-        elif args.sort == "name":
-            order.sort()
+        order = class_order(stats, args.sort)
         print_stats(stats, order)
         plot_counts(stats, order, args.out)
     except AlsegError as e:

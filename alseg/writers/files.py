@@ -58,16 +58,23 @@ class CsvWriter(JsonlWriter):
 
 
 class PlotWriter(JsonlWriter):
-    """ap_vs_hours.png: mask and box AP against annotation hours, redrawn after every round."""
+    """ap_vs_hours.png: mask AP and AP50 against labeled images and annotation hours, redrawn after
+    every round. Its title names the strategy (``alseg.plots.strategy_label``), dataset, seed and
+    run folder, from the config and run folder given to ``open``; the legend names the strategy."""
 
     filename = "ap_vs_hours.png"
 
     def open(self, run_dir, config, resumed_records):
+        from alseg.plots import run_title, strategy_label
+
         self.path = Path(run_dir) / self.filename
         self.records = list(resumed_records)
+        config = config if isinstance(config, dict) else {}
+        self.label = strategy_label(config["strategy"]) if "strategy" in config else "this run"
+        self.title = run_title(config, run_dir)
 
     def write(self, record):
         from alseg.plots import plot_ap_vs_cost
 
         self.records = [r for r in self.records if r["round"] != record["round"]] + [record]
-        plot_ap_vs_cost({"this run": [self.records]}, self.path)
+        plot_ap_vs_cost({self.label: [self.records]}, self.path, title=self.title, count_seeds=False)

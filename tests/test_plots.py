@@ -1,0 +1,90 @@
+"""alseg.plots: strategy labels, run titles, and the AP-vs-cost figure (ap_vs_hours.png, compare.png)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytest
+
+from alseg.plots import ap_vs_cost_figure, axis_label, run_title, strategy_label
+from alseg.writers.files import PlotWriter
+
+
+def _rec(k, ap):
+    return {"round": k, "labeled_images": 10 * (k + 1), "hours": 0.5 * (k + 1), "mask_AP": ap, "mask_AP50": ap + 0.2}
+
+
+APIS = {"_target_": "alseg.strategies.apis.ApisPoints", "name": "apis", "metric": "entropy", "max_cells": 64,
+        "match_iou": None, "scales": None, "flip": False, "models": 1}
+
+
+@pytest.mark.parametrize("cfg, label", [
+    ({"name": "random"}, "random"),
+    ({"name": "taudis", "metric": "se", "alpha": 150, "beta": 40, "sigma": 0.8}, "taudis (se)"),
+    (APIS, "apis (entropy, anchors)"),
+    ({**APIS, "scales": [112, 128], "flip": True, "models": 3}, "apis (entropy, anchors+scales+flip+3 models)"),
+    ({"name": "mean_se", "metric": "se", "aggregation": "mean"}, "mean_se"),  # both in the name already
+    ({"name": "wse", "metric": "se", "aggregation": "weighted_sum"}, "wse (se, weighted_sum)"),
+    ({"_target_": "alseg.strategies.random_sampling.RandomImages"}, "RandomImages"),
+    ({"name": "x", "variant": "v" * 60}, "x"),  # too long: the name alone
+    (None, "?"),
+])
+def test_strategy_label(cfg, label):
+    assert strategy_label(cfg) == label
+
+
+def test_run_title_names_strategy_dataset_seed_and_run(tmp_path):
+    cfg = {"strategy": APIS, "dataset": {"name": "tiny_coco"}, "seed": 3}
+    title = run_title(cfg, tmp_path / "runs" / "exp1" / "seed-3+strategy-apis")
+    assert title == "strategy apis (entropy, anchors),  dataset tiny_coco,  seed 3\nrun exp1/seed-3+strategy-apis"
+    assert run_title({}, None) == ""
+
+
+def test_axis_labels_have_units():
+    assert axis_label("hours") == "annotation hours" and axis_label("labeled_images") == "labeled images"
+    assert axis_label("mask_AP50") == "mask_AP50 (0-1)"
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_figure_title_legend_axes_and_no_overlap():
+    runs = [[_rec(0, 0.1), _rec(1, 0.3)], [_rec(0, 0.3), _rec(1, 0.5)]]
+    fig = ap_vs_cost_figure({"random": runs, "taudis (se)": runs[:1]}, title="exp: mask_AP\nsecond line")
+    try:
+        assert fig.get_suptitle() == "exp: mask_AP\nsecond line"
+        axes = fig.axes
+        assert len(axes) == 4
+        assert [a.get_xlabel() for a in axes[:2]] == ["labeled images", "annotation hours"]
+        assert [a.get_ylabel() for a in axes[::2]] == ["mask_AP (0-1)", "mask_AP50 (0-1)"]
+        for ax in axes:  # both panels of both rows carry the legend
+            assert [t.get_text() for t in ax.get_legend().get_texts()] == ["random (2 seeds)", "taudis (se) (1 seed)"]
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        title = fig._suptitle.get_window_extent(r)
+        assert not any(_overlaps(title, ax.get_tightbbox(r)) for ax in axes)
+    finally:
+        plt.close(fig)
+
+
+def test_plot_writer_titles_the_run(tmp_path, monkeypatch):
+    import alseg.plots as plots
+
+    run_dir = tmp_path / "exp1" / "seed-1"
+    run_dir.mkdir(parents=True)
+    seen = {}
+    real = plots.ap_vs_cost_figure
+
+    def spy(groups, metrics, title, count_seeds):
+        fig = real(groups, metrics, title, count_seeds)
+        seen["title"] = fig.get_suptitle()
+        seen["legend"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return fig
+
+    monkeypatch.setattr(plots, "ap_vs_cost_figure", spy)
+    w = PlotWriter()
+    w.open(run_dir, {"strategy": APIS, "dataset": {"name": "synthetic"}, "seed": 1}, [_rec(0, 0.1)])
+    w.write(_rec(1, 0.2))
+    assert seen["title"] == "strategy apis (entropy, anchors),  dataset synthetic,  seed 1\nrun exp1/seed-1"
+    assert seen["legend"] == ["apis (entropy, anchors)"]
+    assert (run_dir / "ap_vs_hours.png").stat().st_size > 1000
