@@ -61,6 +61,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[],
                     help="KEY=VALUE: a schedule field (lr=0.01, iters=400) or model.KEY=VALUE")
+    ap.add_argument("--out", default=None, help="folder for each round's checkpoint (round_K.pt), to resume from")
     ap.add_argument("--cache", default=os.environ.get("ALSEG_CACHE", str(Path(tempfile.gettempdir()) / "alseg-cache")))
     args = ap.parse_args()
 
@@ -92,7 +93,16 @@ def main():
     print(f"load at start: {os.getloadavg()}")
     print("round  images  iters  train_s  mask_AP  mask_AP50  box_AP  box_AP50  last_losses")
     total_train = 0.0
-    for k in range(args.rounds + 1):
+    out = Path(args.out) if args.out else None
+    start = 0
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        done = [k for k in range(args.rounds + 1) if (out / f"round_{k}.pt").is_file()]
+        if done:  # resume: the selection is a function of the seed, the model is the last round's
+            start = max(done) + 1
+            model.load_state_dict(torch.load(out / f"round_{start - 1}.pt", weights_only=True))
+            print(f"resumed after round {start - 1}")
+    for k in range(start, args.rounds + 1):
         n = args.initial + k * args.budget
         views = {i: ImageView(full_image=True, mask_ann_ids={a.ann_id for a in data.train.by_id[i].instances})
                  for i in order[:n]}
@@ -103,6 +113,8 @@ def main():
         trainer.train()
         dt = time.perf_counter() - t0
         total_train += dt
+        if out is not None:
+            torch.save(model.state_dict(), out / f"round_{k}.pt")
         m = evaluate(model, data.val, progress=False)
         losses = " ".join(f"{a.replace('loss_', '')}={b:.3f}" for a, b in trainer.last_losses.items())
         print(f"{k:>5}  {n:>6}  {cfg.iters:>5}  {dt:>7.0f}  {m['mask_AP']:.3f}    {m['mask_AP50']:.3f}      "
