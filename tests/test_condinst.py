@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from alseg.errors import ConfigError
 from alseg.models.condinst import build_condinst, mask_frame
+from alseg.models.condinst.model import box_frame_masks
 from alseg.models.condinst.fcos import centerness_targets, fcos_losses, fcos_targets, size_ranges
 from alseg.models.condinst.layers import (aligned_bilinear, compute_locations, dice_loss, dynamic_param_counts,
                                           parse_dynamic_params, run_dynamic_heads)
@@ -324,17 +325,19 @@ def test_forward_train_and_eval_contract():
     rec = m.predict_instances([img], paste_masks=True)[0]
     torch.testing.assert_close(rec["boxes"], o["boxes"])
     torch.testing.assert_close(rec["masks"], o["masks"])
-    assert rec["mask_probs"].shape == (n, 16, 27)  # ceil(64 / 4), ceil(106 / 4)
+    assert rec["mask_maps"].shape == (n, 16, 27)  # ceil(64 / 4), ceil(106 / 4)
+    assert rec["mask_probs"].shape == (n, 28, 28) and m.mask_size == 28
     assert rec["embeddings"].shape == (n, 16) and rec["image_embedding"].shape == (16,)
-    assert rec["class_scores"].shape == (n, 3) and rec["class_probs"].shape == (n, 4)
-    torch.testing.assert_close(rec["class_probs"].sum(1), torch.ones(n))
+    assert rec["class_probs"].shape == (n, 3) and m.class_prob_layout == "sigmoid"
+    assert "pred_iou" not in rec and "roi_features" not in rec
     assert rec["levels"].min() >= 0 and rec["levels"].max() <= 4 and rec["locations"].shape == (n, 2)
     # The score is sqrt(cls x ctr) of the location that gave the detection.
-    s = (rec["class_scores"][torch.arange(n), rec["labels"] - 1] * rec["centerness"]).sqrt()
+    s = (rec["class_probs"][torch.arange(n), rec["labels"] - 1] * rec["centerness"]).sqrt()
     torch.testing.assert_close(s, rec["scores"])
     ratio = 80 / 106  # the x resize ratio back to the original frame (106 = floor(80 * 64 / 48))
     torch.testing.assert_close(rec["mask_frame"], torch.tensor([0.5 * ratio, 0.5 * 48 / 64, (0.5 + 4 * 27) * ratio,
                                                                 (0.5 + 64) * 48 / 64]))
+    torch.testing.assert_close(rec["mask_probs"], box_frame_masks(rec["mask_maps"], rec["boxes_input"], 28, 4))
 
     sets = m.positive_location_predictions(img, _target()["boxes"], _target()["labels"], with_locations=True)
     assert len(sets) == 2
@@ -343,7 +346,9 @@ def test_forward_train_and_eval_contract():
         assert probs.min() >= 0 and probs.max() <= 1
         # Positive locations lie inside their box (center sampling), in the original frame.
         assert bool(((locs[:, 0] > box[0]) & (locs[:, 0] < box[2]) & (locs[:, 1] > box[1]) & (locs[:, 1] < box[3])).all())
-    assert m.anchor_predictions(img, _target()["boxes"], _target()["labels"])[0][0].shape == sets[0][0].shape
+    via = m.prediction_sets(img, _target()["boxes"], _target()["labels"])
+    for (p1, f1, *_), (p2, f2) in zip(sets, via):
+        assert torch.equal(p1, p2) and torch.equal(f1, f2)
 
 
 def test_mask_branch_on_p2_and_finer_mask_output():
@@ -358,7 +363,7 @@ def test_mask_branch_on_p2_and_finer_mask_output():
     losses = m([torch.rand(3, 64, 64)], [_target(64, 64)])
     assert losses["loss_mask"].item() > 0
     rec = m.predict_instances([torch.rand(3, 64, 64)])[0]
-    assert rec["mask_probs"].shape[1:] == (32, 32)
+    assert rec["mask_maps"].shape[1:] == (32, 32)
     assert rec["mask_frame"].tolist() == [0.5, 0.5, 64.5, 64.5]  # stride 2: cell c at pixel 2 c + 1
 
 
@@ -375,6 +380,25 @@ def test_mask_frame_matches_the_pasted_masks():
     for r, c in ((10, 7), (33, 40), (2, 61)):
         v = bring_many_to_box(probs, frame[None], [c, r, c + 1, r + 1], (1, 1))[0, 0, 0]
         assert v == pytest.approx(float(pasted[r, c]), abs=1e-6)
+
+
+@pytest.mark.parametrize("stride", [4, 2, 8])
+def test_box_frame_masks_read_each_cell_centre(stride):
+    """On a map that is a linear ramp of the input x (y) coordinate of its cells' centres, the
+    box-frame map holds the x (y) of its own cell centres: bilinear reading of a linear function
+    is exact, so this checks the frame convention (MASK_FRAME) and the stride offset."""
+    h = w = 20
+    c = torch.arange(w, dtype=torch.float32)
+    centre = stride * c + stride // 2 + 0.5  # continuous input-frame centre of map cell c
+    ramp_x = centre[None, None, :].expand(1, h, w)
+    ramp_y = centre[None, :, None].expand(1, h, w)
+    box = torch.tensor([[13.0, 21.5, 33.0, 37.5]])  # inside the maps' interior for every stride
+    M = 14
+    j = torch.arange(M, dtype=torch.float32) + 0.5
+    xs = box[0, 0] + j * (box[0, 2] - box[0, 0]) / M
+    ys = box[0, 1] + j * (box[0, 3] - box[0, 1]) / M
+    torch.testing.assert_close(box_frame_masks(ramp_x, box, M, stride)[0], xs[None, :].expand(M, M), atol=1e-4, rtol=0)
+    torch.testing.assert_close(box_frame_masks(ramp_y, box, M, stride)[0], ys[:, None].expand(M, M), atol=1e-4, rtol=0)
 
 
 def test_checkpoint_round_trip(tmp_path):

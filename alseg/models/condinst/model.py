@@ -60,13 +60,15 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from alseg.errors import ConfigError
+from alseg.models.base import (MASK_IOU_HEAD, POINT_SUPERVISION, PREDICTION_SETS, SIGMOID, InstanceSegmenter,
+                               image_masks_to_box, resized_copy)
 from alseg.models.condinst.fcos import FCOSHead, fcos_detections, fcos_losses, fcos_targets, size_ranges
 from alseg.models.condinst.layers import aligned_bilinear, compute_locations, dice_loss
 from alseg.models.condinst.mask import DynamicMaskHead, MaskBranch, point_bce_terms
 from alseg.models.maskrcnn import _norm_layer, build_backbone, load_checkpoint
 from alseg.models.point_supervision import PointAwareTransform
 
-__all__ = ["CondInst", "Features", "build_condinst", "mask_frame"]
+__all__ = ["CondInst", "Features", "box_frame_masks", "build_condinst", "mask_frame"]
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # torchvision's detection models' defaults
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -87,6 +89,7 @@ class Features(NamedTuple):
     levels: Tensor  # (L,) int64 level index 0..4 (P3..P7)
     mask_feats: Tensor  # (N, mask_channels, Hp / s, Wp / s), s = the mask branch's stride
     p3: Tensor  # (N, D, Hp / 8, Wp / 8)
+    fpn: dict  # "p3", "p4", "p5": (N, D, Hp / 2^k, Wp / 2^k), for the mask-IoU head's RoI features
 
 
 def mask_frame(resized_size: Sequence[int], original_size: Sequence[int], map_size: Sequence[int], stride: int
@@ -103,16 +106,45 @@ def mask_frame(resized_size: Sequence[int], original_size: Sequence[int], map_si
     return resize_boxes(box, list(resized_size), list(original_size))[0]
 
 
-class CondInst(nn.Module):
-    """CondInst; see the module docstring. Built by ``build_condinst``."""
+def box_frame_masks(maps: Tensor, boxes: Tensor, size: int, stride: int) -> Tensor:
+    """(n, size, size) box-frame maps (``alseg.models.base.MASK_FRAME``) of stride-``stride`` maps
+    ``maps`` (n, h, w) over the resized input, map i read over ``boxes[i]`` (xyxy, input-frame
+    pixels). Map cell c is input pixel ``stride c + stride // 2`` (continuous centre + 0.5, as the
+    ground truth is sampled in training); ``image_masks_to_box`` puts centres at (c + 0.5) stride,
+    hence the shift of the boxes."""
+    o = stride // 2 + 0.5 - stride / 2
+    return image_masks_to_box(maps, boxes - o, size, stride=stride)
+
+
+class CondInst(InstanceSegmenter):
+    """CondInst behind alseg's model interface (``alseg.models.base``); see the module docstring.
+    Built by ``build_condinst``.
+
+    Interface layout: ``class_prob_layout`` SIGMOID (``class_probs`` (n, C): the location's
+    per-class sigmoid scores, read by TAUDIS through ``base.class_distribution``); ``mask_probs``
+    (n, M, M) over the detection box (``MASK_FRAME``, M = ``box_mask_size``), bilinear samples of
+    the detection's stride-4 map; ``embeddings`` (n, D): the box-tower feature at the detection's
+    location (D = FPN channels; what the controller and the box regression read, not pooled);
+    ``image_embedding`` (D,): P3 averaged over the image; ``roi_features`` (n, D, M / 2, M / 2):
+    ``MultiScaleRoIAlign`` of P3-P5 at the detection box, the mask-IoU head's input with the
+    box-frame mask. Capabilities: prediction_sets (FCOS positive locations), point_supervision
+    (``point_supervision=true``), mask_iou_head (``mask_iou``).
+    """
+
+    family = "condinst"
+    class_prob_layout = SIGMOID
 
     def __init__(self, backbone: nn.Module, head: FCOSHead, mask_branch: MaskBranch, mask_head: DynamicMaskHead,
                  transform: PointAwareTransform, num_classes: int, sizes_of_interest: Sequence[float],
                  center_sample_radius: float = 1.5, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  max_proposals: int = 500, score_thresh: float = 0.05, pre_nms_top_n: int = 1000,
                  nms_thresh: float = 0.6, detections_per_img: int = 100, point_supervision: bool = False,
-                 point_loss_weight: float = 1.0, mask_branch_in_features: Sequence[str] = ("p3", "p4", "p5")):
+                 point_loss_weight: float = 1.0, mask_branch_in_features: Sequence[str] = ("p3", "p4", "p5"),
+                 box_mask_size: int = 28):
         super().__init__()
+        self.box_mask_size = int(box_mask_size)
+        self.mask_iou_head: nn.Module | None = None
+        self.mask_iou_cfg: dict = {}
         self.mask_in = list(mask_branch_in_features)
         self.mask_stride = LEVEL_STRIDES[self.mask_in[0]]  # the mask features' stride
         self.backbone, self.head, self.mask_branch, self.mask_head = backbone, head, mask_branch, mask_head
@@ -126,6 +158,40 @@ class CondInst(nn.Module):
         self.score_thresh, self.pre_nms_top_n = score_thresh, pre_nms_top_n
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
         self.point_supervision, self.point_loss_weight = point_supervision, point_loss_weight
+
+    # ------------------------------------------------------------------ interface
+    @property
+    def mask_size(self) -> int:
+        return self.box_mask_size
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        caps = {PREDICTION_SETS}
+        if self.point_supervision:
+            caps.add(POINT_SUPERVISION)
+        if self.mask_iou_head is not None:
+            caps.add(MASK_IOU_HEAD)
+        return frozenset(caps)
+
+    def train_mask_iou_head(self, dataset, device: str = "cpu", batch_size: int = 4, seed: int = 0,
+                            progress: bool = True) -> dict[str, float]:
+        from alseg.models.mask_iou_head import train_mask_iou_head
+
+        if self.mask_iou_head is None:
+            return super().train_mask_iou_head(dataset, device, batch_size, seed, progress)
+        return train_mask_iou_head(self, dataset, device=device, batch_size=batch_size, seed=seed, progress=progress,
+                                   **self.mask_iou_cfg)
+
+    def _prediction_sets_once(self, image: Tensor, gt_boxes: Tensor, gt_labels: Tensor, match_iou: float | None,
+                              scale: int | None) -> list[tuple[Tensor, Tensor]]:
+        """The positive-location sets (``positive_location_predictions``) at input size ``scale``
+        (a resized copy of the transform; the long-side limit in proportion). ``match_iou`` does not
+        apply: FCOS assigns locations by position and size, not by box IoU."""
+        transform = self.transform
+        if scale is not None:
+            transform = resized_copy(transform, min_size=(int(scale),),
+                                     max_size=max(int(scale), transform.max_size * int(scale) // max(transform.min_size)))
+        return self.positive_location_predictions(image, gt_boxes, gt_labels, transform=transform)
 
     # ------------------------------------------------------------------ network
     def features(self, x: Tensor, keep_towers: bool = False) -> Features:
@@ -148,7 +214,8 @@ class CondInst(nn.Module):
             locs.append(loc)
             lids.append(torch.full((loc.shape[0],), i, dtype=torch.long, device=x.device))
         return Features(flat(cls), flat(reg), flat(ctr)[..., 0], flat(params), flat(towers) if keep_towers else None,
-                        torch.cat(locs), torch.cat(lids), mask_feats, levels[0])
+                        torch.cat(locs), torch.cat(lids), mask_feats, levels[0],
+                        {k: named[k] for k in ("p3", "p4", "p5")})
 
     def _stride_of(self, levels: Tensor) -> Tensor:
         return torch.as_tensor(self.strides, dtype=torch.float32, device=levels.device)[levels]
@@ -175,7 +242,7 @@ class CondInst(nn.Module):
         records, image_list, original = self._infer(images)
         out = []
         for rec, size, orig in zip(records, image_list.image_sizes, original):
-            masks = self._paste(rec["mask_probs"], size, orig)
+            masks = self._paste(rec["mask_maps"], size, orig)
             out.append({"boxes": rec["boxes"], "labels": rec["labels"], "scores": rec["scores"], "masks": masks})
         return out
 
@@ -272,7 +339,7 @@ class CondInst(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def _infer(self, images: list[Tensor], keep_towers: bool = False):
+    def _infer(self, images: list[Tensor], keep_towers: bool = False, keep_features: bool = False):
         original = [tuple(im.shape[-2:]) for im in images]
         image_list, _ = self.transform(images)
         f = self.features(image_list.tensors, keep_towers=keep_towers)
@@ -294,7 +361,7 @@ class CondInst(nn.Module):
             h4, w4 = math.ceil(size[0] / s), math.ceil(size[1] / s)
             idx = d["index"]
             rec = {"boxes_input": d["boxes"], "scores": d["scores"], "labels": d["labels"], "index": idx,
-                   "mask_probs": p[:, :h4, :w4], "locations": f.locations[idx], "levels": f.levels[idx],
+                   "mask_maps": p[:, :h4, :w4], "locations": f.locations[idx], "levels": f.levels[idx],
                    "class_scores": f.cls[i, idx].float().sigmoid(), "centerness": f.ctr[i, idx].float().sigmoid()}
             if keep_towers:
                 rec["embeddings"] = f.towers[i, idx].float()
@@ -304,59 +371,77 @@ class CondInst(nn.Module):
                                           original)
         for r, p in zip(records, post):
             r["boxes"] = p["boxes"]
+        if keep_features:
+            return records, image_list, original, f
         return records, image_list, original
 
     @torch.no_grad()
-    def predict_instances(self, images: list[Tensor], paste_masks: bool = False) -> list[dict]:
-        """Per image, the detections of ``model(images)`` (eval mode) with what strategies need:
+    def predict_instances(self, images: list[Tensor], paste_masks: bool = False,
+                          roi_features: bool = False) -> list[dict]:
+        """Per image, the detections of ``model(images)`` (eval mode) with what strategies need
+        (``alseg.models.base.InstancePredictions``, layout in the class docstring):
 
         - boxes (n, 4) float32 xyxy, original image frame; scores (n,); labels (n,) int64 1..C;
-        - class_scores (n, C): sigmoid class scores at the detection's location (independent per
-          class; no background column); centerness (n,): its sigmoid centerness;
-          class_probs (n, C + 1): a distribution made from them, column 0 background
-          = prod_c (1 - s_c), column c = s_c / sum(s) x (1 - prod_c (1 - s_c));
-        - mask_probs (n, h4, w4) float32: the detection's mask probabilities at stride 4 in the
-          resized input frame, cropped to the resized image (h4 = ceil(h / 4)); cell (r, c) is
-          input-frame pixel (4 r + 2, 4 c + 2) (stride s = ``mask_out_stride``, 4 in the configs:
-          s r + s // 2); ``mask_frame`` (4,): the original-frame box these
-          maps cover (``mask_frame()``), the same for every detection of the image;
-        - locations (n, 2) x, y input-frame pixels of the location that gave the detection; levels
-          (n,) int64 its FPN level (0..4: P3..P7); index (n,) its row among the image's flattened
-          locations; boxes_input (n, 4) the box in the input frame;
-        - embeddings (n, D) float32: the box-tower feature at that location (D = FPN channels; the
-          feature the controller and the box regression read; no pooling);
-        - image_embedding (D,): P3 averaged over the image;
-        - with ``paste_masks``, masks (n, 1, H, W) as ``model(images)`` returns them.
+        - class_probs (n, C) float32: the sigmoid class scores at the detection's location
+          (``SIGMOID`` layout, no background column);
+        - mask_probs (n, M, M) float32: the detection's mask probabilities over its box
+          (``MASK_FRAME``), bilinear samples (``image_masks_to_box``) of its stride-s map;
+        - embeddings (n, D), image_embedding (D,) (class docstring);
+        - with ``paste_masks``: masks (n, 1, H, W) as ``model(images)`` returns them; with
+          ``roi_features``: the mask-IoU head's RoI features (n, D, M / 2, M / 2); with a mask-IoU
+          head: pred_iou (n,) in [0, 1];
+        - family extras: centerness (n,), locations (n, 2) input-frame pixels and levels (n,)
+          (0..4: P3..P7) of the location that gave the detection; mask_maps (n, h_s, w_s) its
+          stride-s map over the resized image (s = ``mask_out_stride``; cell (r, c) is input pixel
+          (s r + s // 2, s c + s // 2)) and mask_frame (4,) the original-frame box those maps
+          cover (``mask_frame()``).
         """
         self.eval()
-        records, image_list, original = self._infer(images, keep_towers=True)
+        want_rois = roi_features or self.mask_iou_head is not None
+        records, image_list, original, f = self._infer(images, keep_towers=True, keep_features=True)
         s = self.mask_head.out_stride
-        for r, size, orig in zip(records, image_list.image_sizes, original):
-            sc = r["class_scores"]
-            bg = (1 - sc).prod(dim=1, keepdim=True)
-            fg = sc / sc.sum(dim=1, keepdim=True).clamp(min=1e-12) * (1 - bg)
-            r["class_probs"] = torch.cat([bg, fg], dim=1)
-            r["mask_frame"] = mask_frame(size, orig, r["mask_probs"].shape[-2:], s).to(sc.device)
+        if want_rois:
+            pooled = self._roi_pool(f, [r["boxes_input"] for r in records], image_list.image_sizes)
+        for i, (r, size, orig) in enumerate(zip(records, image_list.image_sizes, original)):
+            r["class_probs"] = r.pop("class_scores")
+            r["mask_frame"] = mask_frame(size, orig, r["mask_maps"].shape[-2:], s).to(r["boxes"].device)
+            r["mask_probs"] = box_frame_masks(r["mask_maps"], r["boxes_input"], self.box_mask_size, s)
             if paste_masks:
-                r["masks"] = self._paste(r["mask_probs"], size, orig)
+                r["masks"] = self._paste(r["mask_maps"], size, orig)
+            if want_rois:
+                if roi_features:
+                    r["roi_features"] = pooled[i]
+                if self.mask_iou_head is not None:
+                    r["pred_iou"] = self.mask_iou_head.predict(pooled[i], r["mask_probs"])
         return records
+
+    def _roi_pool(self, f: Features, boxes: list[Tensor], image_sizes) -> list[Tensor]:
+        """Per image (n, D, R, R) RoI features of ``boxes`` (input frame) from P3-P5, R = M / 2
+        (torchvision's ``MultiScaleRoIAlign``: each box read from the level its size maps to)."""
+        from torchvision.ops import MultiScaleRoIAlign
+
+        pool = MultiScaleRoIAlign(["p3", "p4", "p5"], self.box_mask_size // 2, sampling_ratio=2)
+        pooled = pool(f.fpn, boxes, image_sizes)
+        return list(pooled.split([len(b) for b in boxes]))
 
     @torch.no_grad()
     def positive_location_predictions(self, image: Tensor, gt_boxes: Tensor, gt_labels: Tensor | None = None,
-                                      with_locations: bool = False) -> list[tuple]:
+                                      with_locations: bool = False, transform=None) -> list[tuple]:
         """APIS's "multiple anchors" prediction set on CondInst (Sec. 3.2 (a)): for each
         ground-truth instance of ``image`` (3, H, W), the FCOS positive locations training would
         assign to it (``fcos_targets``: center sampling, size ranges, smallest area), each with the
         mask probabilities of its own dynamic head.
 
-        Returns per instance (mask_probs (K, h4, w4) float32 at stride 4 over the resized image as
-        in ``predict_instances``, frames (K, 4): the original-frame box each map covers, in the
-        convention of ``alseg.strategies.apis_core.bring_many_to_box``); with ``with_locations``
-        also locations (K, 2) in the original frame and levels (K,). K = 0 when no location is
-        positive for the instance. ``gt_labels`` is not used (CondInst masks are class-agnostic)."""
+        Returns per instance (mask_probs (K, h_s, w_s) float32 at the mask stride s over the
+        resized image as ``mask_maps`` of ``predict_instances``, frames (K, 4): the original-frame
+        box each map covers, in the convention of ``alseg.models.base.MASK_FRAME``); with
+        ``with_locations`` also locations (K, 2) in the original frame and levels (K,). K = 0 when
+        no location is positive for the instance. ``gt_labels`` is not used (CondInst masks are
+        class-agnostic). ``transform``: the input transform to use (default: the model's)."""
         self.eval()
+        transform = self.transform if transform is None else transform
         original = tuple(image.shape[-2:])
-        image_list, _ = self.transform([image])
+        image_list, _ = transform([image])
         size = image_list.image_sizes[0]
         f = self.features(image_list.tensors)
         boxes = resize_boxes(gt_boxes.to(f.locations).reshape(-1, 4), list(original), list(size))
@@ -374,11 +459,6 @@ class CondInst(nn.Module):
                 item = item + (f.locations[idx] * ratio, f.levels[idx])
             out.append(item)
         return out
-
-    def anchor_predictions(self, image: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou_threshold=None):
-        """``alseg.models.instance_inference.anchor_predictions``'s hook: the positive-location
-        set of ``positive_location_predictions`` (``iou_threshold`` does not apply to CondInst)."""
-        return self.positive_location_predictions(image, gt_boxes, gt_labels)
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
@@ -418,6 +498,8 @@ def build_condinst(
     point_supervision: bool = False,
     point_loss_weight: float = 1.0,
     mask_branch_in_features: Sequence[str] = ("p3", "p4", "p5"),
+    box_mask_size: int = 28,
+    mask_iou: dict | None = None,
 ) -> CondInst:
     """A ``CondInst`` whose every size is a config value (the Hydra ``_target_`` of
     configs/model/condinst_*.yaml). Defaults not named in a config are AdelaiDet's.
@@ -430,7 +512,10 @@ def build_condinst(
     AdelaiDet. max_proposals: supervised positive locations per image in the mask loss (-1: all).
     mask_branch_in_features: the FPN levels the mask branch sums, finest first (its stride is the
     mask features' stride; AdelaiDet's MASK_BRANCH.IN_FEATURES, [p3, p4, p5]); "p2" adds C2 to the
-    FPN for it (FCOS still runs on P3-P7). checkpoint: a state dict file (``alseg.models.maskrcnn.load_checkpoint``). Raises
+    FPN for it (FCOS still runs on P3-P7). box_mask_size: M of the (n, M, M) box-frame mask
+    probabilities of ``predict_instances`` (even; Mask R-CNN's is 28). mask_iou: a mask-IoU head
+    (``alseg.models.mask_iou_head.MaskIoUHead`` on P3-P5 RoI features and the box-frame mask; keys
+    iters, lr, sqrt, conv_dim, fc_dim as for Mask R-CNN). checkpoint: a state dict file (``alseg.models.maskrcnn.load_checkpoint``). Raises
     ConfigError naming the key for an invalid value.
     """
     _check(num_classes >= 1, "num_classes", f"must be >= 1, got {num_classes}")
@@ -457,6 +542,7 @@ def build_condinst(
            "mask_branch_in_features", f"needs distinct levels of {sorted(LEVEL_STRIDES)}, finest first, got {mask_in}")
     _check(LEVEL_STRIDES[mask_in[0]] % mask_out_stride == 0, "mask_out_stride",
            f"must divide the mask branch's stride {LEVEL_STRIDES[mask_in[0]]} ({mask_in[0]}), got {mask_out_stride}")
+    _check(box_mask_size >= 2 and box_mask_size % 2 == 0, "box_mask_size", f"must be an even number >= 2, got {box_mask_size}")
     head_norm_layer = None if head_norm in (None, "none") else _norm_layer(head_norm)
     branch_norm_layer = None if mask_branch_norm in (None, "none") else _norm_layer(mask_branch_norm)
 
@@ -473,7 +559,16 @@ def build_condinst(
                                     int(max_size), list(IMAGE_MEAN), list(IMAGE_STD))
     model = CondInst(body, head, branch, mask_head, transform, num_classes, soi, center_sample_radius, focal_alpha,
                      focal_gamma, max_proposals, score_thresh, pre_nms_top_n, nms_thresh, detections_per_img,
-                     bool(point_supervision), float(point_loss_weight), mask_in)
+                     bool(point_supervision), float(point_loss_weight), mask_in, int(box_mask_size))
+    if mask_iou:
+        from alseg.models.mask_iou_head import MaskIoUHead
+
+        unknown = set(mask_iou) - {"iters", "lr", "sqrt", "conv_dim", "fc_dim"}
+        _check(not unknown, "mask_iou", f"unknown key(s) {sorted(unknown)}; known: conv_dim, fc_dim, iters, lr, sqrt")
+        model.mask_iou_head = MaskIoUHead(fpn_channels, conv_dim=int(mask_iou.get("conv_dim", 64)),
+                                          fc_dim=int(mask_iou.get("fc_dim", 256)), roi_size=int(box_mask_size) // 2,
+                                          sqrt=bool(mask_iou.get("sqrt", True)))
+        model.mask_iou_cfg = {"iters": int(mask_iou.get("iters", 200)), "lr": float(mask_iou.get("lr", 0.01))}
     if checkpoint:
         load_checkpoint(model, checkpoint)
     return model
