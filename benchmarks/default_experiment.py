@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 
-def run_once(overrides: list[str]) -> tuple[float, list[dict]]:
-    """Wall seconds and the round records of one `alseg` run in a fresh folder and data cache."""
+def run_once(overrides: list[str], keep: Path | None = None) -> tuple[float, list[dict]]:
+    """Wall seconds and the round records of one `alseg` run in a fresh folder and data cache
+    (its results.jsonl copied to ``keep`` when given)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "ALSEG_CACHE": str(Path(tmp) / "cache"), "WANDB_MODE": "offline"}
         t0 = time.perf_counter()
@@ -30,19 +31,24 @@ def run_once(overrides: list[str]) -> tuple[float, list[dict]]:
                        env=env, check=True, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
         results = next((Path(tmp) / "runs").glob("*/bench/results.jsonl"))
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_bytes(results.read_bytes())
         return wall, [json.loads(line) for line in results.read_text().splitlines()]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=[None], help="model configs to run in turn (default: the default)")
+    p.add_argument("--keep", type=Path, help="folder to copy each run's results.jsonl to (<model>.jsonl)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = p.parse_args(argv)
     walls = {}
     for model in args.models:
         name = model or "default model"
         print(f"== {name} (load average at start {os.getloadavg()[0]:.2f})", flush=True)
-        wall, records = run_once(([f"model={model}"] if model else []) + args.overrides)
+        keep = args.keep / f"{model or 'default'}.jsonl" if args.keep else None
+        wall, records = run_once(([f"model={model}"] if model else []) + args.overrides, keep)
         walls[name] = wall
         print(f"wall time: {wall:.0f} s ({wall / 60:.1f} min; target <= 10 min)")
         print("round  labeled  hours  mask_AP  mask_AP50  box_AP")
