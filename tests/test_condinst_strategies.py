@@ -1,10 +1,10 @@
 """Every selection strategy end to end on CondInst (alseg/models/condinst) on the synthetic data.
 
 Runs share round 0 where they can (``al.initial_run``: one trained M0 per label setting, as the
-papers compare strategies), then make one selection step each. ``model.score_thresh=0``: six
-iterations from the focal prior (0.01) leave every FCOS score under the default 0.05, and the
-model-based strategies must see detections (SIGMOID class scores, box-frame masks, embeddings),
-not fall back to their no-detection order.
+papers compare strategies), then make one selection step each. The model-based strategies must
+read CondInst's detections (SIGMOID class scores, box-frame masks, embeddings, predicted IoUs,
+FCOS positive-location prediction sets): their selections carry the scores they computed, not the
+no-detection fallback order.
 """
 
 import json
@@ -19,13 +19,14 @@ from alseg.errors import ConfigError
 from conftest import CONDINST, as_json, make_cfg
 
 # FAST with CondInst; 4 val images and 2 fine-tuning iterations keep each step short.
-BASE = (*CONDINST, "model.score_thresh=0.0", "dataset.num_val=4", "trainer.finetune.iters=2")
+BASE = (*CONDINST, "dataset.num_val=4", "trainer.finetune.iters=2")
 IMAGE = (*BASE, "al.rounds=1")
 POINTS = ("experiment=apis_synthetic", *BASE, "model=condinst_r18_small_points", "al.rounds=1",
           "al.initial_unit=all", "al.budget_unit=all")
 # AFIS at APIS's seconds; 3 s per instance per step (as tests/test_apis_loop.py: 0.9 s buys no mask).
 AFIS = ("experiment=afis_synthetic", *BASE, "model=condinst_r18_small_points", "al.rounds=1",
         "al.initial=7.9", "al.budget=3.0")
+# score_threshold 0: a six-iteration CondInst scores every detection under the default 0.5.
 IOU = ("experiment=iou_guided_synthetic", *BASE, "model=condinst_r18_small_iou", "model.mask_iou.iters=5",
        "strategy.score_threshold=0.0", "al.initial=4", "al.budget=4", "al.rounds=1")
 
@@ -79,14 +80,11 @@ IMAGE_STRATEGIES = ["random", "mask_entropy", "taudis", "taudis_img", "coreset",
                     "wse", "mean_se"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", IMAGE_STRATEGIES)
 def test_image_strategies_select_a_step_on_condinst(m0, strategy):
     extra = [f"strategy={strategy}"]
     if strategy == "taudis":
         extra += ["strategy.alpha=4", "strategy.beta=2"]
-    if strategy == "mask_entropy":
-        extra += ["strategy.score_threshold=0.0"]
     cfg, run, records = _step(m0, "image", IMAGE, *extra)
     r0, r1 = records
     assert [r["round"] for r in records] == [0, 1] and r1["strategy"] == strategy
@@ -102,7 +100,6 @@ def test_image_strategies_select_a_step_on_condinst(m0, strategy):
         assert all(s is not None and math.isfinite(s) for s in scores), scores
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["taudis", "avg_cm"])
 def test_a_seed_fixes_the_selection(m0, strategy):
     extra = [f"strategy={strategy}"] + (["strategy.alpha=4", "strategy.beta=2"] if strategy == "taudis" else [])
@@ -112,16 +109,16 @@ def test_a_seed_fixes_the_selection(m0, strategy):
 
 
 # --------------------------------------------------------------------------------------- mask IoU head
-@pytest.mark.slow
-def test_iou_guided_selects_by_condinsts_mask_iou_head(m0):
-    cfg, run, records = _step(m0, "iou", IOU, "strategy=iou_guided")
+@pytest.mark.parametrize("strategy", ["iou_guided", "iou_guided_oracle"])
+def test_iou_guided_selects_by_condinsts_mask_iou(m0, strategy):
+    cfg, run, records = _step(m0, "iou", IOU, f"strategy={strategy}")
     r0, r1 = records
     assert "train/loss_mask_iou" in r0 and (r0["labeled_images"], r1["labeled_images"]) == (4, 8)
     assert 0 < r0["seconds"] < r1["seconds"]
     pool, _ = _pool(cfg, run)
     sel = _queries(run)
     assert len({q["image_id"] for q in sel}) == 4 and {q["image_id"] for q in sel} <= pool
-    # Every image scored by its mean predicted IoU, a number in [0, 1].
+    # Every image scored by its mean predicted (oracle: true) mask IoU, a number in [0, 1].
     assert all(q["score"] is not None and 0.0 <= q["score"] <= 1.0 for q in sel), sel
 
 
@@ -137,7 +134,6 @@ APIS_VARIANTS = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("extra", APIS_VARIANTS, ids=lambda e: "-".join(x.split("=")[-1] for x in e))
 def test_apis_labels_one_point_per_instance_on_condinst(m0, extra):
     cfg, run, records = _step(m0, "points", POINTS, *extra)
@@ -175,7 +171,6 @@ def test_prediction_maps_of_other_scales_are_resampled_over_their_frames():
     assert all(a is b for a, b in zip(_same_size(same), same))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("level, metric", [("instance", "mean_entropy"), ("image", "detection_loss")])
 def test_afis_masks_within_the_seconds_on_condinst(m0, level, metric):
     cfg, run, records = _step(m0, "afis", AFIS, f"strategy.level={level}", f"strategy.metric={metric}")
@@ -190,11 +185,10 @@ def test_afis_masks_within_the_seconds_on_condinst(m0, level, metric):
 
 
 # --------------------------------------------------------------------------------------- TFDP's baseline
-@pytest.mark.slow
 def test_entropy_reference_prunes_with_a_condinst_reference_model(cfg_factory, tmp_path):
     run = tmp_path / "run"
     cfg = cfg_factory("experiment=tfdp_pruning", *BASE, "strategy@al.initial_strategy=entropy_reference",
-                      "al.initial=0.5", "al.rounds=0", "al.initial_strategy.score_threshold=0.0")
+                      "al.initial=0.5", "al.rounds=0")
     records = ActiveLearningLoop(cfg, run).run()
     assert len(records) == 1 and records[0]["labeled_images"] == 12 and records[0]["seconds"] > 0
     assert (run / "reference" / "model.pt").is_file()
@@ -209,7 +203,6 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.slow
 def test_a_resumed_condinst_run_makes_the_selections_of_an_uninterrupted_one(m0, monkeypatch):
     """Killed while training round 1 (its selection committed), resumed: rounds 1 and 2 select as
     the uninterrupted run (round 2's avg_cm reads the resumed round-1 CondInst)."""
