@@ -346,9 +346,9 @@ def test_forward_train_and_eval_contract():
         assert probs.min() >= 0 and probs.max() <= 1
         # Positive locations lie inside their box (center sampling), in the original frame.
         assert bool(((locs[:, 0] > box[0]) & (locs[:, 0] < box[2]) & (locs[:, 1] > box[1]) & (locs[:, 1] < box[3])).all())
-    via = m.prediction_sets(img, _target()["boxes"], _target()["labels"])
-    for (p1, f1, *_), (p2, f2) in zip(sets, via):
-        assert torch.equal(p1, p2) and torch.equal(f1, f2)
+    via = m.prediction_sets(img, _target()["boxes"], _target()["labels"])  # the same locations, over the box
+    for (p1, *_), (p2, f2), box in zip(sets, via, _target()["boxes"]):
+        assert p2.shape == (len(p1), 28, 28) and torch.equal(f2, box.expand(len(p1), 4))
 
 
 def test_mask_branch_on_p2_and_finer_mask_output():

@@ -156,19 +156,34 @@ def test_apis_labels_one_point_per_instance_on_condinst(m0, extra):
         assert (run / "round_000" / "ensemble_1.pt").is_file()
 
 
-def test_prediction_maps_of_other_scales_are_resampled_over_their_frames():
-    """CondInst's maps cover the resized image, so the S set's runs have other sizes: a map over
-    the frame [0, 16] whose value is the x of its cell centre (4 cells: 2, 6, 10, 14) resampled to
-    8 cells gives the new centres' x (1, 3, ..., 15; the two border cells clamp); M x M maps (Mask
-    R-CNN) and empty sets pass."""
-    from alseg.strategies.apis import _same_size
+def test_condinst_prediction_sets_are_box_frame_maps_at_every_scale():
+    """APIS's sets from CondInst at several input sizes and flipped: per instance K maps of M x M
+    over the instance's ground-truth box (frames = that box), one shape for every scale (the S
+    set concatenates them), each the positive location's stride-4 map read over the box."""
+    from alseg.models.condinst import build_condinst
+    from alseg.models.condinst.model import box_frame_masks
 
-    ramp = torch.tensor([2.0, 6.0, 10.0, 14.0]).repeat(4, 1)[None]  # (1, 4, 4): value = x of the cell centre
-    big, small, empty = _same_size([torch.zeros(2, 8, 8), ramp, torch.zeros(0, 4, 4)])
-    assert big.shape == (2, 8, 8) and small.shape == (1, 8, 8) and empty.shape == (0, 8, 8)
-    torch.testing.assert_close(small[0, 3], torch.tensor([2.0, 3, 5, 7, 9, 11, 13, 14]))
-    same = [torch.rand(3, 28, 28), torch.rand(1, 28, 28)]
-    assert all(a is b for a, b in zip(_same_size(same), same))
+    torch.manual_seed(0)
+    m = build_condinst(3, min_size=64, max_size=64, fpn_channels=16, mask_branch_channels=16, norm="frozen_bn",
+                       mask_branch_norm="gn", sizes_of_interest=[16, 32, 64, 128])
+    image = torch.rand(3, 64, 80)
+    gt = torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]])
+    labels = torch.tensor([1, 2])
+    for scale in (None, 48, 96):
+        for flip in (False, True):
+            sets = m.prediction_sets(image, gt, labels, scale=scale, flip=flip)
+            assert len(sets) == 2
+            for (probs, frames), box in zip(sets, gt):
+                assert probs.shape[1:] == (28, 28) and len(probs) > 0
+                torch.testing.assert_close(frames, box.expand(len(probs), 4))
+    # unflipped at the model's size: the stride-4 maps of positive_location_predictions over the box
+    full = m.positive_location_predictions(image, gt, labels)
+    via = m.prediction_sets(image, gt, labels)
+    size = m.transform([image])[0].image_sizes[0]
+    ratio = torch.tensor([size[1] / 80, size[0] / 64] * 2)
+    for g, ((maps, _), (probs, _)) in enumerate(zip(full, via)):
+        want = box_frame_masks(maps, (gt[g] * ratio).expand(len(maps), 4), 28, 4)
+        torch.testing.assert_close(probs, want)
 
 
 @pytest.mark.parametrize("level, metric", [("instance", "mean_entropy"), ("image", "detection_loss")])

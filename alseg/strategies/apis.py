@@ -93,7 +93,7 @@ class ApisPoints(Strategy):
                 image = to_tensor(read_image(rec)).to(ctx.device)
                 gt_boxes, gt_labels = torch.tensor(boxes, dtype=torch.float32), torch.tensor([i.label for i in insts])
                 per_model = [self._prediction_sets(m, image, gt_boxes, gt_labels) for m in models]
-                sets = [(torch.cat(_same_size([pm[g][0] for pm in per_model])), torch.cat([pm[g][1] for pm in per_model]))
+                sets = [(torch.cat([pm[g][0] for pm in per_model]), torch.cat([pm[g][1] for pm in per_model]))
                         for g in range(len(insts))]
             for inst, box, pred in zip(insts, boxes, sets):
                 if pred is None:
@@ -124,8 +124,7 @@ class ApisPoints(Strategy):
             runs.append(model.prediction_sets(image, boxes, labels, match_iou=self.match_iou, scale=size))
             if self.flip:
                 runs.append(model.prediction_sets(image, boxes, labels, match_iou=self.match_iou, scale=size, flip=True))
-        return [(torch.cat(_same_size([r[g][0] for r in runs])), torch.cat([r[g][1] for r in runs]))
-                for g in range(len(boxes))]
+        return [(torch.cat([r[g][0] for r in runs]), torch.cat([r[g][1] for r in runs])) for g in range(len(boxes))]
 
     def analyze(self, ctx: SelectionContext, queries: list[Query], max_instances: int = 500,
                 max_pictures: int = 6) -> dict:
@@ -170,22 +169,6 @@ class ApisPoints(Strategy):
         cols = np.clip(np.floor(xs).astype(int), 0, rec.width - 1)
         rows = np.clip(np.floor(ys).astype(int), 0, rec.height - 1)
         return mask[np.ix_(rows, cols)].astype(np.float64)
-
-
-def _same_size(maps: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Prediction maps (K_i, h_i, w_i) of several runs at one size (max h, max w), each over its
-    unchanged frame box: a family whose maps cover the resized image (CondInst: stride-4 maps) gives
-    other sizes at other input scales; Mask R-CNN's RoI maps are all M x M and pass unchanged.
-    Bilinear with half-pixel centres (``align_corners=False``) keeps cell c of an n-cell axis at
-    x1 + (c + 0.5) (x2 - x1) / n, the frame convention of ``alseg.models.base.MASK_FRAME``."""
-    h, w = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
-    out = []
-    for m in maps:
-        if tuple(m.shape[-2:]) != (h, w):
-            m = (torch.nn.functional.interpolate(m[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-                 if len(m) else m.new_zeros((0, h, w)))
-        out.append(m)
-    return out
 
 
 def _distance_to_boundary(mask: np.ndarray) -> np.ndarray:

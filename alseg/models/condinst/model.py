@@ -185,13 +185,16 @@ class CondInst(InstanceSegmenter):
     def _prediction_sets_once(self, image: Tensor, gt_boxes: Tensor, gt_labels: Tensor, match_iou: float | None,
                               scale: int | None) -> list[tuple[Tensor, Tensor]]:
         """The positive-location sets (``positive_location_predictions``) at input size ``scale``
-        (a resized copy of the transform; the long-side limit in proportion). ``match_iou`` does not
-        apply: FCOS assigns locations by position and size, not by box IoU."""
+        (a resized copy of the transform; the long-side limit in proportion), each map read over
+        its instance's ground-truth box at ``mask_size`` (``MASK_FRAME``; frames = that box), so
+        that sets of every scale and family have one shape. ``match_iou`` does not apply: FCOS
+        assigns locations by position and size, not by box IoU."""
         transform = self.transform
         if scale is not None:
             transform = resized_copy(transform, min_size=(int(scale),),
                                      max_size=max(int(scale), transform.max_size * int(scale) // max(transform.min_size)))
-        return self.positive_location_predictions(image, gt_boxes, gt_labels, transform=transform)
+        return self.positive_location_predictions(image, gt_boxes, gt_labels, transform=transform,
+                                                  box_size=self.box_mask_size)
 
     # ------------------------------------------------------------------ network
     def features(self, x: Tensor, keep_towers: bool = False) -> Features:
@@ -426,7 +429,8 @@ class CondInst(InstanceSegmenter):
 
     @torch.no_grad()
     def positive_location_predictions(self, image: Tensor, gt_boxes: Tensor, gt_labels: Tensor | None = None,
-                                      with_locations: bool = False, transform=None) -> list[tuple]:
+                                      with_locations: bool = False, transform=None,
+                                      box_size: int | None = None) -> list[tuple]:
         """APIS's "multiple anchors" prediction set on CondInst (Sec. 3.2 (a)): for each
         ground-truth instance of ``image`` (3, H, W), the FCOS positive locations training would
         assign to it (``fcos_targets``: center sampling, size ranges, smallest area), each with the
@@ -437,7 +441,9 @@ class CondInst(InstanceSegmenter):
         box each map covers, in the convention of ``alseg.models.base.MASK_FRAME``); with
         ``with_locations`` also locations (K, 2) in the original frame and levels (K,). K = 0 when
         no location is positive for the instance. ``gt_labels`` is not used (CondInst masks are
-        class-agnostic). ``transform``: the input transform to use (default: the model's)."""
+        class-agnostic). ``transform``: the input transform to use (default: the model's).
+        ``box_size``: instead, maps (K, box_size, box_size) over the instance's ground-truth box
+        (``box_frame_masks``), frames that box (original frame)."""
         self.eval()
         transform = self.transform if transform is None else transform
         original = tuple(image.shape[-2:])
@@ -454,7 +460,11 @@ class CondInst(InstanceSegmenter):
         for g in range(boxes.shape[0]):
             idx = torch.nonzero(g_all == g).squeeze(1)
             probs = self._mask_probs(f, torch.zeros_like(idx), idx)[:, :h4, :w4]
-            item = (probs, frame[None].expand(idx.numel(), 4).clone())
+            if box_size is None:
+                item = (probs, frame[None].expand(idx.numel(), 4).clone())
+            else:
+                item = (box_frame_masks(probs, boxes[g:g + 1].expand(idx.numel(), 4), box_size, s),
+                        gt_boxes[g:g + 1].to(probs).expand(idx.numel(), 4).clone())
             if with_locations:
                 item = item + (f.locations[idx] * ratio, f.levels[idx])
             out.append(item)
