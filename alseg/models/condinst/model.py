@@ -65,8 +65,10 @@ from alseg.models.base import (MASK_IOU_HEAD, POINT_SUPERVISION, PREDICTION_SETS
 from alseg.models.condinst.fcos import FCOSHead, fcos_detections, fcos_losses, fcos_targets, size_ranges
 from alseg.models.condinst.layers import aligned_bilinear, compute_locations, dice_loss
 from alseg.models.condinst.mask import DynamicMaskHead, MaskBranch, point_bce_terms
-from alseg.models.maskrcnn import _norm_layer, build_backbone, load_checkpoint
-from alseg.models.point_supervision import PointAwareTransform
+from alseg.models.backbone import build_backbone
+from alseg.models.backbone import norm_layer as _norm_layer
+from alseg.models.base import load_checkpoint
+from alseg.models.transform import PointAwareTransform
 
 __all__ = ["CondInst", "Features", "box_frame_masks", "build_condinst", "mask_frame"]
 
@@ -515,7 +517,7 @@ def build_condinst(
     configs/model/condinst_*.yaml). Defaults not named in a config are AdelaiDet's.
 
     backbone, norm, trainable_layers, backbone_weights: the ResNet as in
-    ``alseg.models.maskrcnn.build_backbone`` (C3-C5 returned; FPN of ``fpn_channels`` with P6/P7
+    ``alseg.models.backbone.build_backbone`` (C3-C5 returned; FPN of ``fpn_channels`` with P6/P7
     from P5). sizes_of_interest: the 4 thresholds (pixels of max(l, t, r, b) in the input frame)
     splitting locations between P3..P7 (``fcos.size_ranges``); the relative coordinates of level
     k are divided by sizes_of_interest[k] (the last level: twice the last threshold), as in
@@ -525,7 +527,7 @@ def build_condinst(
     FPN for it (FCOS still runs on P3-P7). box_mask_size: M of the (n, M, M) box-frame mask
     probabilities of ``predict_instances`` (even; Mask R-CNN's is 28). mask_iou: a mask-IoU head
     (``alseg.models.mask_iou_head.MaskIoUHead`` on P3-P5 RoI features and the box-frame mask; keys
-    iters, lr, sqrt, conv_dim, fc_dim as for Mask R-CNN). checkpoint: a state dict file (``alseg.models.maskrcnn.load_checkpoint``). Raises
+    iters, lr, sqrt, conv_dim, fc_dim as for Mask R-CNN). checkpoint: a state dict file (``alseg.models.base.load_checkpoint``). Raises
     ConfigError naming the key for an invalid value.
     """
     _check(num_classes >= 1, "num_classes", f"must be >= 1, got {num_classes}")
