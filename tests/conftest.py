@@ -34,10 +34,17 @@ FAST = [
 ]
 
 
+# FAST for CondInst (fast_overrides drops the anchors; FCOS size ranges for 64-pixel images).
+CONDINST = ["model=condinst_r18_small", "model.sizes_of_interest=[16,32,64,128]"]
+
+
 def fast_overrides(*overrides: str) -> list[str]:
-    """FAST, less its synthetic-dataset keys when another dataset is chosen."""
+    """FAST, less its synthetic-dataset keys when another dataset is chosen and its anchor sizes
+    when a CondInst model (model=condinst...) is."""
     other_dataset = any(o.startswith("dataset=") and o != "dataset=synthetic" for o in overrides)
-    return [o for o in FAST if not (other_dataset and o.startswith("dataset."))]
+    condinst = any(o.startswith("model=condinst") for o in overrides)
+    return [o for o in FAST if not (other_dataset and o.startswith("dataset."))
+            and not (condinst and o.startswith("model.anchor_sizes="))]
 
 
 def make_cfg(tmp_path: Path, *overrides: str):

@@ -195,9 +195,13 @@ def test_the_loop_checks_the_model_before_round_0(tmp_path, overrides, fragment)
 # ------------------------------------------------------------------------------- no family part outside models
 FAMILY_ATTRIBUTES = {"roi_heads", "rpn", "backbone", "transform", "mask_iou_head", "mask_iou_cfg", "box_roi_pool",
                      "mask_roi_pool", "mask_head", "mask_predictor", "box_predictor", "box_head", "proposal_matcher"}
-FAMILY_MODULES = {"alseg.models.maskrcnn", "alseg.models.instance_inference", "alseg.models.point_supervision"}
+FAMILY_ATTRIBUTES |= {"mask_branch", "controller", "box_mask_size"}  # CondInst's
+FAMILY_MODULES = {"alseg.models.maskrcnn", "alseg.models.instance_inference", "alseg.models.point_supervision",
+                  "alseg.models.condinst", "alseg.models.condinst.model", "alseg.models.condinst.fcos",
+                  "alseg.models.condinst.mask", "alseg.models.condinst.layers"}
 FAMILY_NAMES = {"MaskRCNN", "MaskRCNNSegmenter", "PointSupRoIHeads", "MaskIoUHead", "enable_point_supervision",
-                "train_mask_iou_head", "anchor_predictions", "predict_instances"}
+                "train_mask_iou_head", "anchor_predictions", "predict_instances", "CondInst", "build_condinst",
+                "positive_location_predictions", "box_frame_masks"}
 
 
 def _family_uses(path: Path) -> list[str]:
@@ -219,6 +223,19 @@ def test_nothing_outside_models_names_a_familys_parts():
     files += sorted((REPO / "tools").glob("*.py"))
     assert any(p.name == "loop.py" for p in files) and any(p.name == "apis.py" for p in files)
     assert [use for p in files for use in _family_uses(p)] == []
+
+
+def test_a_family_package_imports_no_other_family():
+    """CondInst builds on the shared parts (base, backbone, transform, mask_iou_head), never on
+    Mask R-CNN's modules, and Mask R-CNN's modules never on CondInst's."""
+    maskrcnn = {"alseg.models.maskrcnn", "alseg.models.instance_inference", "alseg.models.point_supervision"}
+    for path in sorted((REPO / "alseg" / "models" / "condinst").glob("*.py")):
+        mods = {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)}
+        assert not mods & maskrcnn, (path, mods & maskrcnn)
+    for name in ("maskrcnn.py", "instance_inference.py", "point_supervision.py"):
+        mods = {n.module or "" for n in ast.walk(ast.parse((REPO / "alseg" / "models" / name).read_text()))
+                if isinstance(n, ast.ImportFrom)}
+        assert not any(m.startswith("alseg.models.condinst") for m in mods), name
 
 
 def test_the_source_check_finds_family_parts(tmp_path):

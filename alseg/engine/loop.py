@@ -157,9 +157,11 @@ class ActiveLearningLoop:
         trained model in a strategy that labels round 0; the model capabilities they need."""
         model = self._initial_model
         capabilities = {need: need in model.capabilities for need in sorted(CAPABILITIES)}
-        fixes = {MASK_IOU_HEAD: "use a model with one (e.g. model=maskrcnn_r18_small_iou, or set model.mask_iou)",
-                 POINT_SUPERVISION: "use model.point_supervision=true (e.g. model=maskrcnn_r18_small_points)",
-                 PREDICTION_SETS: f"the {model.family} model family offers none; use a Mask R-CNN model "
+        fixes = {MASK_IOU_HEAD: "use a model with one (model=maskrcnn_r18_small_iou or model=condinst_r18_small_iou, "
+                                "or set model.mask_iou)",
+                 POINT_SUPERVISION: "use model.point_supervision=true (model=maskrcnn_r18_small_points or "
+                                    "model=condinst_r18_small_points)",
+                 PREDICTION_SETS: f"the {model.family} model family offers none; use a Mask R-CNN or CondInst model "
                                   f"(e.g. model=maskrcnn_r18_small_points)"}
         used = [(strategy, "strategy")] if self.rounds >= 1 else []
         if not self.cfg.al.get("initial_run"):

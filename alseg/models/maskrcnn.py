@@ -26,18 +26,15 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from torch import nn
-from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from alseg.errors import ConfigError
 from alseg.models.base import (MASK_IOU_HEAD, POINT_SUPERVISION, PREDICTION_SETS, SOFTMAX_WITH_BACKGROUND,
                                InstanceSegmenter, load_checkpoint, resized_copy)
+from alseg.models.backbone import build_backbone
 from alseg.models.base import fetch_torchvision_weights as _fetch_weights
 from alseg.models.base import resolve_weights as _resolve_weights
 from alseg.models.instance_inference import maskrcnn_anchor_sets, maskrcnn_instances
@@ -45,54 +42,6 @@ from alseg.models.instance_inference import maskrcnn_anchor_sets, maskrcnn_insta
 __all__ = ["MaskRCNNSegmenter", "build_backbone", "build_maskrcnn", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
-
-BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
-NORMS = {"frozen_bn": "frozen_bn", "bn": "bn", "gn": "gn"}
-
-
-def _norm_layer(name: str):
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
-    if name == "frozen_bn":
-        return FrozenBatchNorm2d
-    if name == "bn":
-        return nn.BatchNorm2d
-    if name == "gn":
-        return lambda c: nn.GroupNorm(min(32, c // 4) or 1, c)
-    raise ConfigError(f"model.norm: unknown norm {name!r}; choose from {sorted(NORMS)}")
-
-
-def build_backbone(
-    name: str,
-    fpn_channels: int,
-    returned_layers: Sequence[int],
-    norm: str,
-    trainable_layers: int,
-    weights: str | None,
-) -> BackboneWithFPN:
-    if name not in BACKBONES:
-        raise ConfigError(f"model.backbone: unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
-    if not returned_layers or any(l not in (1, 2, 3, 4) for l in returned_layers):
-        raise ConfigError(f"model.returned_layers must be a non-empty subset of [1, 2, 3, 4], got {list(returned_layers)}")
-    if not 0 <= trainable_layers <= 5:
-        raise ConfigError(f"model.trainable_layers must be in 0..5, got {trainable_layers}")
-    net = getattr(resnet, name)(weights=None, norm_layer=_norm_layer(norm))
-    family = resnet.__dict__[{"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
-                              "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights"}[name]]
-    w = _resolve_weights(weights, family, "backbone_weights")
-    if w is not None:
-        net.load_state_dict(_fetch_weights(w, "backbone_weights"))
-    layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
-    if trainable_layers == 5:
-        layers_to_train.append("bn1")
-    for pname, p in net.named_parameters():
-        if all(not pname.startswith(layer) for layer in layers_to_train):
-            p.requires_grad_(False)
-    stage_channels = BACKBONES[name] // 8
-    in_channels = [stage_channels * 2 ** (i - 1) for i in returned_layers]
-    return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned_layers)}
-    return BackboneWithFPN(net, return_layers, in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
-
 
 class MaskRCNNSegmenter(MaskRCNN, InstanceSegmenter):
     """torchvision's ``MaskRCNN`` with alseg's model interface (module docstring). Built by

@@ -52,6 +52,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, mask
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from alseg.errors import ConfigError
+from alseg.models.transform import PointAwareTransform
 
 __all__ = [
     "PointAwareTransform",
@@ -253,22 +254,6 @@ class PointSupRoIHeads(RoIHeads):
                 loss = loss + n_valid * self.point_loss_weight * (total / n_pairs)
                 weight += n_valid
         return loss / weight if weight else zero
-
-
-class PointAwareTransform(GeneralizedRCNNTransform):
-    """torchvision's transform, which also rescales target ``points`` (columns 1, 2: x, y) by the
-    image's resize ratios, exactly as it rescales boxes."""
-
-    def resize(self, image, target=None):
-        h, w = image.shape[-2:]
-        image, target = super().resize(image, target)
-        if target is not None and "points" in target and target["points"].numel():
-            nh, nw = image.shape[-2:]
-            pts = target["points"].clone().float()
-            pts[:, 1] *= nw / w
-            pts[:, 2] *= nh / h
-            target["points"] = pts
-        return image, target
 
 
 def enable_point_supervision(model: MaskRCNN, point_loss_weight: float = 1.0) -> MaskRCNN:
