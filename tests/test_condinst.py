@@ -257,8 +257,13 @@ def test_mask_loss_mixes_dice_and_points_and_skips_box_only_instances():
     dice = dice_loss(l0.sigmoid(), gt0[None].expand(len(l0), -1, -1))
     bce = torch.stack([F.binary_cross_entropy_with_logits(_ref_sample(l1[k], x, y), torch.tensor(u))
                        for k in range(len(l1)) for x, y, u in ((40.5, 35.5, 1.0), (58.0, 58.0, 0.0))])
+    # box_background: each point-only location's cells outside box 1 [36, 30, 60, 60] are background
+    h, w4 = l1.shape[-2:]
+    out_cells = [(r, c) for r in range(h) for c in range(w4)
+                 if not (36 <= 4 * c + 2.5 <= 60 and 30 <= 4 * r + 2.5 <= 60)]
+    outside = torch.stack([torch.stack([F.softplus(l1[k, r, c]) for r, c in out_cells]).mean() for k in range(len(l1))])
     n_m, n_p = len(l0), len(l1)
-    expected = (dice.sum() + n_p * w * bce.mean()) / (n_m + n_p)
+    expected = (dice.sum() + n_p * w * (bce.mean() + outside.mean())) / (n_m + n_p)
     torch.testing.assert_close(losses["loss_mask"], expected, rtol=1e-4, atol=1e-6)
 
 
@@ -510,3 +515,37 @@ def test_tiny_model_learns_on_synthetic_data(tmp_path):
             inside += float((mask & in_box).sum())
             n += 1
     assert n >= len(targets) and total > 0 and inside / total > 0.9
+
+
+def test_outside_box_bce_hand_case():
+    """Cells outside the box are labeled background: BCE(z, 0) = softplus(z), averaged over them.
+    A 4 x 4 map at stride 4 has cell centres at 2.5, 6.5, 10.5, 14.5; the box [4, 4, 12, 12]
+    holds the 2 x 2 centre cells, so 12 cells are outside."""
+    from alseg.models.condinst.mask import outside_box_bce
+
+    z = torch.zeros(1, 4, 4)
+    z[0, 0, 0] = 2.0
+    z[0, 1, 1] = 5.0  # inside the box: not counted
+    got = outside_box_bce(z, 4, torch.tensor([[4.0, 4.0, 12.0, 12.0]]))
+    want = (F.softplus(torch.tensor(2.0)) + 11 * F.softplus(torch.tensor(0.0))) / 12
+    torch.testing.assert_close(got, want[None])
+    # a box covering every cell leaves nothing outside: 0
+    assert outside_box_bce(z, 4, torch.tensor([[0.0, 0.0, 16.0, 16.0]])).item() == 0.0
+
+
+def test_point_only_instances_learn_background_outside_their_box():
+    """With box_background, a point-only instance's mask loss grows with foreground outside its
+    box; without it, only the labeled point counts."""
+    torch.manual_seed(0)
+    img = torch.rand(3, 64, 64)
+    target = {"boxes": torch.tensor([[16.0, 16.0, 40.0, 40.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 64, 64, dtype=torch.uint8), "has_mask": torch.tensor([False]),
+              "points": torch.tensor([[0.0, 28.0, 28.0, 1.0]])}
+    losses = {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        m = tiny(point_supervision=True, box_background=flag)
+        m.train()
+        out = m([img], [dict(target)])
+        losses[flag] = out["loss_mask"].item()
+    assert losses[True] > losses[False] > 0

@@ -112,6 +112,28 @@ def point_bce_terms(logits: Tensor, stride: int, points: Tensor, rows: Tensor) -
     return F.binary_cross_entropy_with_logits(z, points[:, 2].float(), reduction="sum"), int(rows.numel())
 
 
+def outside_box_bce(logits: Tensor, stride: int, boxes: Tensor) -> Tensor:
+    """Per map, the mean BCE against background (0) over its cells outside ``boxes``: (n,) float.
+
+    logits (n, h, w): mask logits at ``stride`` in the input frame (cell (r, c) centred at input
+    pixel (stride c + stride // 2 + 0.5, stride r + stride // 2 + 0.5), as the ground truth is
+    sampled); boxes (n, 4) xyxy input-frame pixels, the instance's ground-truth box. A map with no
+    cell outside its box gives 0. The box annotation as a constraint: a point-supervised instance
+    is background outside its box (the prior Mask R-CNN's RoI masks have by construction).
+    """
+    n, h, w = logits.shape
+    off = stride // 2 + 0.5
+    cx = torch.arange(w, device=logits.device, dtype=torch.float32) * stride + off
+    cy = torch.arange(h, device=logits.device, dtype=torch.float32) * stride + off
+    b = boxes.to(logits.device, torch.float32)
+    out_x = (cx[None] < b[:, 0:1]) | (cx[None] > b[:, 2:3])  # (n, w)
+    out_y = (cy[None] < b[:, 1:2]) | (cy[None] > b[:, 3:4])  # (n, h)
+    outside = (out_y[:, :, None] | out_x[:, None, :]).float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), torch.zeros_like(logits, dtype=torch.float32),
+                                             reduction="none")
+    return (bce * outside).sum(dim=(1, 2)) / outside.sum(dim=(1, 2)).clamp(min=1)
+
+
 def bilinear_at(maps: Tensor, rows: Tensor, gx: Tensor, gy: Tensor) -> Tensor:
     """Bilinear samples (Q,) float32 of ``maps`` (n, h, w) at (gx[q], gy[q]) of map rows[q], cells
     at integer coordinates, coordinates clamped to [0, w - 1] x [0, h - 1]."""

@@ -28,7 +28,13 @@ those points only (APIS Sec. 4.1, PointSup's protocol). The two kinds mix as in
 ``alseg.models.point_supervision``: with n_m locations of full-mask instances (mean dice L_m) and
 n_p of point-only ones (mean BCE over their (location, point) pairs L_p),
 loss_mask = (n_m L_m + n_p w L_p) / (n_m + n_p), w = ``point_loss_weight``. Instances with neither
-give no mask loss (box and class losses only).
+give no mask loss (box and class losses only). With ``box_background`` (default) L_p also adds,
+per point-only location, the mean BCE against background over the cells outside the instance's
+ground-truth box (``mask.outside_box_bce``): CondInst's masks cover the whole image, and with one
+labeled point per instance nothing else stops them from doing so (measured: the APIS round-0
+model of the synthetic recipe predicted every pixel of the image as the object, mask AP 0.000);
+Mask R-CNN has this prior from its RoI masks. APIS / PointSup train CondInst on the points alone,
+from ImageNet weights and for 90k iterations.
 
 Inference: FCOS detections (threshold, per-level top-k, sqrt(cls x ctr), class-wise NMS); the
 dynamic head of each kept detection's location gives its mask probabilities at stride 4;
@@ -64,7 +70,7 @@ from alseg.models.base import (MASK_IOU_HEAD, POINT_SUPERVISION, PREDICTION_SETS
                                image_masks_to_box, resized_copy)
 from alseg.models.condinst.fcos import FCOSHead, fcos_detections, fcos_losses, fcos_targets, size_ranges
 from alseg.models.condinst.layers import aligned_bilinear, compute_locations, dice_loss
-from alseg.models.condinst.mask import DynamicMaskHead, MaskBranch, point_bce_terms
+from alseg.models.condinst.mask import DynamicMaskHead, MaskBranch, outside_box_bce, point_bce_terms
 from alseg.models.backbone import build_backbone
 from alseg.models.backbone import norm_layer as _norm_layer
 from alseg.models.base import load_checkpoint
@@ -142,8 +148,9 @@ class CondInst(InstanceSegmenter):
                  max_proposals: int = 500, score_thresh: float = 0.05, pre_nms_top_n: int = 1000,
                  nms_thresh: float = 0.6, detections_per_img: int = 100, point_supervision: bool = False,
                  point_loss_weight: float = 1.0, mask_branch_in_features: Sequence[str] = ("p3", "p4", "p5"),
-                 box_mask_size: int = 28):
+                 box_mask_size: int = 28, box_background: bool = True):
         super().__init__()
+        self.box_background = bool(box_background)
         self.box_mask_size = int(box_mask_size)
         self.mask_iou_head: nn.Module | None = None
         self.mask_iou_cfg: dict = {}
@@ -331,7 +338,12 @@ class CondInst(InstanceSegmenter):
             k, q = torch.nonzero(eq, as_tuple=True)
             total, n_pairs = point_bce_terms(logits, s, pts[q, 1:4], rows_pt[k])
             if n_pairs:
-                loss = loss + rows_pt.numel() * self.point_loss_weight * (total / n_pairs)
+                l_p = total / n_pairs
+                if self.box_background:
+                    boxes = torch.stack([targets[int(i)]["boxes"][int(g)] for i, g in
+                                         zip(im_inds[rows_pt].tolist(), gts[rows_pt].tolist())])
+                    l_p = l_p + outside_box_bce(logits[rows_pt], s, boxes).mean()
+                loss = loss + rows_pt.numel() * self.point_loss_weight * l_p
                 weight += int(rows_pt.numel())
         return loss / weight if weight else zero
 
@@ -512,6 +524,7 @@ def build_condinst(
     mask_branch_in_features: Sequence[str] = ("p3", "p4", "p5"),
     box_mask_size: int = 28,
     mask_iou: dict | None = None,
+    box_background: bool = True,
 ) -> CondInst:
     """A ``CondInst`` whose every size is a config value (the Hydra ``_target_`` of
     configs/model/condinst_*.yaml). Defaults not named in a config are AdelaiDet's.
@@ -527,7 +540,10 @@ def build_condinst(
     FPN for it (FCOS still runs on P3-P7). box_mask_size: M of the (n, M, M) box-frame mask
     probabilities of ``predict_instances`` (even; Mask R-CNN's is 28). mask_iou: a mask-IoU head
     (``alseg.models.mask_iou_head.MaskIoUHead`` on P3-P5 RoI features and the box-frame mask; keys
-    iters, lr, sqrt, conv_dim, fc_dim as for Mask R-CNN). checkpoint: a state dict file (``alseg.models.base.load_checkpoint``). Raises
+    iters, lr, sqrt, conv_dim, fc_dim as for Mask R-CNN). box_background: with point supervision,
+    the stride-4 cells outside a point-only instance's ground-truth box count as labeled
+    background (``mask.outside_box_bce``, mean over those cells, added to the mean point BCE).
+    checkpoint: a state dict file (``alseg.models.base.load_checkpoint``). Raises
     ConfigError naming the key for an invalid value.
     """
     _check(num_classes >= 1, "num_classes", f"must be >= 1, got {num_classes}")
@@ -571,7 +587,8 @@ def build_condinst(
                                     int(max_size), list(IMAGE_MEAN), list(IMAGE_STD))
     model = CondInst(body, head, branch, mask_head, transform, num_classes, soi, center_sample_radius, focal_alpha,
                      focal_gamma, max_proposals, score_thresh, pre_nms_top_n, nms_thresh, detections_per_img,
-                     bool(point_supervision), float(point_loss_weight), mask_in, int(box_mask_size))
+                     bool(point_supervision), float(point_loss_weight), mask_in, int(box_mask_size),
+                     bool(box_background))
     if mask_iou:
         from alseg.models.mask_iou_head import MaskIoUHead
 
