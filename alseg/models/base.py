@@ -165,6 +165,18 @@ class InstanceSegmenter(nn.Module, ABC):
         raise NotImplementedError(f"{type(self).__name__} has no mask-IoU head")
 
 
+def check_training_targets(targets) -> None:
+    """The training-call checks of torchvision's detection models: targets given, boxes float,
+    labels int64; ValueError / TypeError otherwise (a programming error, not a user input)."""
+    if targets is None:
+        raise ValueError("targets should not be None in training")
+    for t in targets:
+        if t["boxes"].dtype not in (torch.float, torch.double, torch.half):
+            raise TypeError(f"target boxes must be of float type, got {t['boxes'].dtype}")
+        if t["labels"].dtype != torch.int64:
+            raise TypeError(f"target labels must be of int64 type, got {t['labels'].dtype}")
+
+
 def check_model(model, what: str = "model") -> InstanceSegmenter:
     """``model`` when it implements the interface, else a one-line ConfigError naming ``what``."""
     if not isinstance(model, InstanceSegmenter):

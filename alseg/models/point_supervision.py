@@ -52,6 +52,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, mask
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from alseg.errors import ConfigError
+from alseg.models.base import check_training_targets
 from alseg.models.transform import PointAwareTransform
 
 __all__ = [
@@ -181,13 +182,7 @@ class PointSupRoIHeads(RoIHeads):
             return super().forward(features, proposals, image_shapes, targets)
         if self.has_keypoint():
             raise NotImplementedError("point supervision does not support keypoint heads")
-        if targets is None:
-            raise ValueError("targets should not be None in training")
-        for t in targets:
-            if t["boxes"].dtype not in (torch.float, torch.double, torch.half):
-                raise TypeError(f"target boxes must of float type, instead got {t['boxes'].dtype}")
-            if t["labels"].dtype != torch.int64:
-                raise TypeError(f"target labels must of int64 type, instead got {t['labels'].dtype}")
+        check_training_targets(targets)
 
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))

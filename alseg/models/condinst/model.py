@@ -67,7 +67,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from alseg.errors import ConfigError
 from alseg.models.base import (MASK_IOU_HEAD, POINT_SUPERVISION, PREDICTION_SETS, SIGMOID, InstanceSegmenter,
-                               image_masks_to_box, resized_copy)
+                               check_training_targets, image_masks_to_box, resized_copy)
 from alseg.models.condinst.fcos import FCOSHead, fcos_detections, fcos_losses, fcos_targets, size_ranges
 from alseg.models.condinst.layers import aligned_bilinear, compute_locations, dice_loss
 from alseg.models.condinst.mask import DynamicMaskHead, MaskBranch, outside_box_bce, point_bce_terms
@@ -242,13 +242,7 @@ class CondInst(InstanceSegmenter):
     # ------------------------------------------------------------------ forward
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training:
-            if targets is None:
-                raise ValueError("targets should not be None in training")
-            for t in targets:
-                if t["boxes"].dtype not in (torch.float, torch.double, torch.half):
-                    raise TypeError(f"target boxes must be of float type, got {t['boxes'].dtype}")
-                if t["labels"].dtype != torch.int64:
-                    raise TypeError(f"target labels must be of int64 type, got {t['labels'].dtype}")
+            check_training_targets(targets)
             image_list, targets = self.transform(images, targets)
             return self._losses(self.features(image_list.tensors), image_list, targets)
         records, image_list, original = self._infer(images)
