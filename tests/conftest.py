@@ -70,3 +70,21 @@ def as_json(records) -> str:
     import json
 
     return json.dumps(records, sort_keys=True)
+
+
+@pytest.fixture
+def figure_spy(monkeypatch):
+    """Records the suptitle and legend texts of every ``alseg.plots.ap_vs_cost_figure`` made."""
+    import alseg.plots as plots
+
+    seen = {}
+    real = plots.ap_vs_cost_figure
+
+    def spy(groups, metrics, title, count_seeds):
+        fig = real(groups, metrics, title, count_seeds)
+        seen["title"] = fig.get_suptitle()
+        seen["legend"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return fig
+
+    monkeypatch.setattr(plots, "ap_vs_cost_figure", spy)
+    return seen

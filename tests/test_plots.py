@@ -67,21 +67,10 @@ def test_figure_title_legend_axes_and_no_overlap():
         plt.close(fig)
 
 
-def test_plot_writer_titles_the_run(tmp_path, monkeypatch):
-    import alseg.plots as plots
-
+def test_plot_writer_titles_the_run(tmp_path, figure_spy):
+    seen = figure_spy
     run_dir = tmp_path / "exp1" / "seed-1"
     run_dir.mkdir(parents=True)
-    seen = {}
-    real = plots.ap_vs_cost_figure
-
-    def spy(groups, metrics, title, count_seeds):
-        fig = real(groups, metrics, title, count_seeds)
-        seen["title"] = fig.get_suptitle()
-        seen["legend"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-        return fig
-
-    monkeypatch.setattr(plots, "ap_vs_cost_figure", spy)
     w = PlotWriter()
     w.open(run_dir, {"strategy": APIS, "dataset": {"name": "synthetic"}, "seed": 1}, [_rec(0, 0.1)])
     w.write(_rec(1, 0.2))

@@ -87,19 +87,8 @@ def test_compare_mean_std_over_seeds(runs, tmp_path, capsys):
     assert "0.300 ± 0.100" in stdout and "incomplete run" in stdout
 
 
-def test_compare_png_title_and_legend(runs, tmp_path, monkeypatch):
-    import alseg.plots as plots
-
-    seen = {}
-    real = plots.ap_vs_cost_figure
-
-    def spy(groups, metrics, title, count_seeds):
-        fig = real(groups, metrics, title, count_seeds)
-        seen["title"] = fig.get_suptitle()
-        seen["legend"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-        return fig
-
-    monkeypatch.setattr(plots, "ap_vs_cost_figure", spy)
+def test_compare_png_title_and_legend(runs, tmp_path, figure_spy):
+    seen = figure_spy
     compare.compare([runs], metrics=["mask_AP"], out=tmp_path / "out", show=False)
     assert seen["title"] == ("exp: mask_AP per strategy\nline: mean over seeds, band: ± 1 std (population) where a "
                              "group has 2 or more; seeds per group in the legend")

@@ -728,6 +728,21 @@ def _result(stats: ShapeStats, image_ids: list[int], problems: dict[str, int], v
     )
 
 
+def _score_with(top: Mapping, variant: str, contour: str, progress, stats: Callable) -> ScoreResult:
+    """The steps both entry points share: options and file checked, images and categories indexed,
+    ``stats(annotations, sizes, category_ids, progress_callback, report)`` -> (ShapeStats, pruning
+    image ids) under a progress bar, then the ScoreResult."""
+    _check_options(variant, contour)
+    _check_coco(top)
+    t0 = time.perf_counter()
+    image_ids, sizes, cat_ids, problems = _index_file(top["images"], top["categories"])
+    anns = top["annotations"]
+    report: dict = {}
+    with _Progress(progress, len(anns)) as callback:
+        st, prune_ids = stats(anns, sizes, cat_ids, callback, report)
+    return _result(st, image_ids, problems, variant, contour, t0, report, prune_ids)
+
+
 def score_dataset(
     coco_dict: Mapping,
     variant: str = DEFAULT_VARIANT,
@@ -736,16 +751,12 @@ def score_dataset(
     progress: bool | Callable[[int], None] = False,
 ) -> ScoreResult:
     """Score every image of a COCO dict (``progress=True``: a tqdm bar on stderr)."""
-    _check_options(variant, contour)
-    _check_coco(coco_dict)
-    t0 = time.perf_counter()
-    image_ids, sizes, cat_ids, problems = _index_file(coco_dict["images"], coco_dict["categories"])
-    anns = coco_dict["annotations"]
-    report: dict = {}
-    with _Progress(progress, len(anns)) as callback:
-        stats = instance_shape_stats(anns, sizes, contour, workers, category_ids=cat_ids, progress=callback,
-                                     report=report)
-    return _result(stats, image_ids, problems, variant, contour, t0, report, _prune_image_ids(anns))
+    def stats(anns, sizes, cat_ids, callback, report):
+        st = instance_shape_stats(anns, sizes, contour, workers, category_ids=cat_ids, progress=callback,
+                                  report=report)
+        return st, _prune_image_ids(anns)
+
+    return _score_with(coco_dict, variant, contour, progress, stats)
 
 
 def score_raw(
@@ -764,16 +775,11 @@ def score_raw(
     ``top``: the file's top-level object with 'images' and 'categories' parsed and 'annotations'
     a list of ``msgspec.Raw`` (``LazyCoco.top``).
     """
-    _check_options(variant, contour)
-    _check_coco(top)
-    t0 = time.perf_counter()
-    image_ids, sizes, cat_ids, problems = _index_file(top["images"], top["categories"])
-    raw = top["annotations"]
-    report: dict = {}
-    with _Progress(progress, len(raw)) as callback:
-        stats, prune_ids = instance_shape_stats_raw(raw, sizes, cat_ids, contour, workers, progress=callback,
-                                                    chunk_size=chunk_size, report=report)
-    return _result(stats, image_ids, problems, variant, contour, t0, report, prune_ids)
+    def stats(raw, sizes, cat_ids, callback, report):
+        return instance_shape_stats_raw(raw, sizes, cat_ids, contour, workers, progress=callback,
+                                        chunk_size=chunk_size, report=report)
+
+    return _score_with(top, variant, contour, progress, stats)
 
 
 def _as_id_scores(image_scores: Any) -> tuple[np.ndarray, np.ndarray]:
