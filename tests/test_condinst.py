@@ -444,6 +444,10 @@ def test_checkpoint_round_trip(tmp_path):
     ({"mask_branch_in_features": ["p3", "p6"]}, "model.mask_branch_in_features"),
     ({"mask_branch_in_features": []}, "model.mask_branch_in_features"),
     ({"mask_branch_in_features": ["p2", "p3"], "mask_out_stride": 8}, "model.mask_out_stride: must divide"),
+    ({"box_background": "abc"}, "model.box_background: must be true or false"),
+    ({"point_supervision": 1}, "model.point_supervision: must be true or false"),
+    ({"box_mask_size": 27}, "model.box_mask_size"),
+    ({"mask_iou": {"iterz": 5}}, "model.mask_iou: unknown key"),
 ])
 def test_bad_config_values_are_one_line_config_errors(kw, key):
     args = {"num_classes": 2, **kw}

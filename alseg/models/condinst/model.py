@@ -564,6 +564,8 @@ def build_condinst(
            "mask_branch_in_features", f"needs distinct levels of {sorted(LEVEL_STRIDES)}, finest first, got {mask_in}")
     _check(LEVEL_STRIDES[mask_in[0]] % mask_out_stride == 0, "mask_out_stride",
            f"must divide the mask branch's stride {LEVEL_STRIDES[mask_in[0]]} ({mask_in[0]}), got {mask_out_stride}")
+    for key, value in (("point_supervision", point_supervision), ("box_background", box_background)):
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
     _check(box_mask_size >= 2 and box_mask_size % 2 == 0, "box_mask_size", f"must be an even number >= 2, got {box_mask_size}")
     head_norm_layer = None if head_norm in (None, "none") else _norm_layer(head_norm)
     branch_norm_layer = None if mask_branch_norm in (None, "none") else _norm_layer(mask_branch_norm)
