@@ -334,8 +334,9 @@ class CondInst(InstanceSegmenter):
             if n_pairs:
                 l_p = total / n_pairs
                 if self.box_background:
-                    boxes = torch.stack([targets[int(i)]["boxes"][int(g)] for i, g in
-                                         zip(im_inds[rows_pt].tolist(), gts[rows_pt].tolist())])
+                    counts = torch.tensor([0] + [t["boxes"].shape[0] for t in targets[:-1]], device=dev)
+                    boxes = torch.cat([t["boxes"].to(dev) for t in targets])[
+                        torch.cumsum(counts, 0)[im_inds[rows_pt]] + gts[rows_pt]]
                     l_p = l_p + outside_box_bce(logits[rows_pt], s, boxes).mean()
                 loss = loss + rows_pt.numel() * self.point_loss_weight * l_p
                 weight += int(rows_pt.numel())
