@@ -18,6 +18,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from alseg import interrupts
+from alseg.distributed import is_shared
 from alseg.errors import AlsegError
 from alseg.run_naming import legacy_run_name, run_name
 
@@ -85,9 +86,15 @@ def _hydra_errors_in_one_line(hydra_main):
     return wrapper
 
 
-def _fail(message: str) -> None:
-    """The one-line error of a user-input problem on stderr, exit code 2."""
-    print("alseg: error: " + " ".join(message.split()), file=sys.stderr)
+def _fail(message: str, shared: bool = False) -> None:
+    """The one-line error of a user-input problem on stderr, exit code 2. In a run on N processes
+    an error every rank raised (``alseg.distributed.is_shared``) is printed by rank 0 alone, and
+    one a single rank met names it."""
+    rank = os.environ.get("RANK", "0")
+    if rank != "0" and shared:
+        sys.exit(2)
+    where = f" (rank {rank})" if rank != "0" else ""
+    print(f"alseg: error{where}: " + " ".join(message.split()), file=sys.stderr)
     sys.exit(2)
 
 
@@ -116,7 +123,7 @@ def main(cfg: DictConfig) -> float | None:
         with interrupts.handled(), logging_redirect_tqdm():
             records = ActiveLearningLoop(cfg, run_dir).run()
     except AlsegError as e:
-        _fail(str(e))
+        _fail(str(e), is_shared(e))
     except OSError as e:  # a file or folder the OS refused (permissions, disk full, ...): name it
         if e.filename is None:
             raise
@@ -126,7 +133,8 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (alseg.interrupts), after the write in progress
         sys.exit(_interrupted(e, run_dir))
     last = records[-1] if records else {}
-    log.info("results: %s  plot: %s", run_dir / "results.jsonl", run_dir / "ap_vs_hours.png")
+    if os.environ.get("RANK", "0") == "0":
+        log.info("results: %s  plot: %s", run_dir / "results.jsonl", run_dir / "ap_vs_hours.png")
     return last.get("mask_AP")
 
 

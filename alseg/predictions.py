@@ -9,18 +9,23 @@ them without importing ``alseg.engine``.
   ``ctx.get("pool_predictions")``.
 
 Both call only the model interface (``alseg.models.base.InstanceSegmenter``): ``model(images)``
-and ``model.predict_instances``.
+and ``model.predict_instances``. In a run on N processes (``alseg.distributed``) ``infer_pool`` is
+sharded by image across them (each rank infers whole single-process batches) and merged on rank 0;
+``shard_images`` gives a rank its share for other per-image passes (evaluation).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from alseg import distributed
 from alseg.data.coco import CocoDataset
 from alseg.data.torch_dataset import ImageSet, collate
 from alseg.models.base import (MASK_IOU_HEAD, SOFTMAX_WITH_BACKGROUND, class_distribution,
@@ -77,12 +82,80 @@ class PoolPredictions:
     def __len__(self) -> int:
         return len(self.scores)
 
+    @classmethod
+    def concatenate(cls, parts: list["PoolPredictions"]) -> "PoolPredictions":
+        """The predictions of disjoint image lists, in the order of ``parts`` (rows and images
+        appended; ``image_index`` shifted to the joined ``image_ids``)."""
+        parts = [p for p in parts if len(p.image_ids)] or parts[:1]
+        offsets = np.cumsum([0] + [len(p.image_ids) for p in parts])
+        joined = {f.name: [getattr(p, f.name) for p in parts] for f in fields(cls)}
+        out = {"image_ids": [i for ids in joined["image_ids"] for i in ids],
+               "image_index": np.concatenate([p.image_index + o for p, o in zip(parts, offsets)]),
+               "class_prob_layout": parts[0].class_prob_layout,
+               "pred_iou": None if parts[0].pred_iou is None else np.concatenate(joined["pred_iou"])}
+        for name in ("boxes", "scores", "labels", "class_probs", "mask_probs", "embeddings", "image_embeddings"):
+            arrays = [a for a in joined[name] if a.size] or joined[name][:1]
+            out[name] = np.concatenate(arrays)
+        return cls(**out)
+
+    def save(self, path: Path) -> None:
+        """To an .npz file (``load`` reads it back)."""
+        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("image_ids", "class_prob_layout")}
+        if arrays["pred_iou"] is None:
+            del arrays["pred_iou"]
+        np.savez(path, image_ids=np.asarray(self.image_ids, np.int64), class_prob_layout=np.asarray(self.class_prob_layout),
+                 **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "PoolPredictions":
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls(image_ids=arrays.pop("image_ids").tolist(), class_prob_layout=str(arrays.pop("class_prob_layout")),
+                   pred_iou=arrays.pop("pred_iou", None), **arrays)
+
+
+def shard_images(image_ids: list[int], batch_size: int) -> list[int]:
+    """This rank's contiguous share of ``image_ids`` in whole batches of ``batch_size``, so that its
+    batches are exactly those of the single-process run (``alseg.distributed.shard_bounds``)."""
+    return distributed.shard(image_ids, chunk=batch_size)
+
+
+def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cpu", batch_size: int = 4,
+               score_threshold: float = 0.0, progress: bool = True, shard_dir: Path | None = None
+               ) -> PoolPredictions | None:
+    """``PoolPredictions`` of ``model`` (an ``InstanceSegmenter``) on ``image_ids`` of ``data``,
+    detections with a score below ``score_threshold`` dropped.
+
+    On N processes every rank must call it: each infers its share (``shard_images``), and rank 0
+    returns the merged predictions, equal to the single-process ones; the other ranks return None.
+    The shares go through ``shard_dir`` (one .npz per rank, removed after the merge) so that no
+    collective carries them; without ``shard_dir`` they are gathered in memory."""
+    if not distributed.together():
+        return _infer_images(model, data, image_ids, device, batch_size, score_threshold, progress)
+    part = distributed.agree(lambda: _infer_images(model, data, shard_images(image_ids, batch_size), device,
+                                                    batch_size, score_threshold, progress and distributed.is_main()))
+    if shard_dir is None:
+        parts = distributed.gather_objects(part)
+        return PoolPredictions.concatenate(parts) if parts is not None else None
+    shard_dir = Path(shard_dir)
+    distributed.main_only(lambda: shard_dir.mkdir(parents=True, exist_ok=True))
+    distributed.agree(lambda: part.save(shard_dir / f"rank_{distributed.rank():03d}.npz"))
+    return distributed.main_only(lambda: _merge_shards(shard_dir, distributed.world_size()))
+
+
+def _merge_shards(shard_dir: Path, ranks: int) -> PoolPredictions:
+    paths = [shard_dir / f"rank_{r:03d}.npz" for r in range(ranks)]
+    merged = PoolPredictions.concatenate([PoolPredictions.load(p) for p in paths])
+    for p in paths:
+        p.unlink()
+    with contextlib.suppress(OSError):  # kept when something else is in it
+        shard_dir.rmdir()
+    return merged
+
 
 @torch.no_grad()
-def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cpu", batch_size: int = 4,
-               score_threshold: float = 0.0, progress: bool = True) -> PoolPredictions:
-    """``PoolPredictions`` of ``model`` (an ``InstanceSegmenter``) on ``image_ids`` of ``data``,
-    detections with a score below ``score_threshold`` dropped."""
+def _infer_images(model, data: CocoDataset, image_ids: list[int], device: str, batch_size: int,
+                  score_threshold: float, progress: bool) -> PoolPredictions:
     loader = DataLoader(ImageSet(data, image_ids), batch_size=batch_size, collate_fn=collate, num_workers=0)
     fields = ("image_index", "boxes", "scores", "labels", "class_probs", "mask_probs", "embeddings", "pred_iou")
     parts: dict[str, list] = {k: [] for k in fields}

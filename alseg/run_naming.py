@@ -35,7 +35,7 @@ from hydra.core.override_parser.types import Override
 # run folder names; the loop refuses any other change of config in an existing run folder.
 # The synthetic data's cache may move (dataset.cache_dir): the run state's data fingerprint refuses other data.
 RESUMABLE_CHANGES = ("al.rounds", "device", "progress", "logger", "run_name", "trainer.schedule.num_workers", "paths",
-                     "dataset.cache_dir", "trainer.log_every")
+                     "dataset.cache_dir", "trainer.log_every", "distributed")
 # Keys that name the folder above the run's: runs/<experiment_name>/<run name>.
 PARENT_KEYS = ("experiment_name", "experiment")
 

@@ -13,9 +13,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from alseg import distributed
 from alseg.data.coco import CocoDataset
 from alseg.masks import mask_overlaps
-from alseg.predictions import predict  # noqa: F401  (re-exported: alseg.engine.evaluate.predict)
+from alseg.predictions import predict, shard_images  # noqa: F401  (predict re-exported: alseg.engine.evaluate.predict)
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,24 @@ def dice_and_greedy_iou(gt_masks: np.ndarray, pred_masks: np.ndarray) -> tuple[l
 def evaluate(model, data: CocoDataset, device="cpu", batch_size: int = 4, score_threshold_dice: float = 0.5,
              progress: bool = True) -> dict:
     """All metrics of a model on a dataset, as a flat dict of floats (NaN: not computable, e.g. APl
-    without any large object; see ``_coco_eval``)."""
+    without any large object; see ``_coco_eval``).
+
+    On N processes every rank must call it: each predicts its share of the images
+    (``alseg.predictions.shard_images``), rank 0 gathers the results in image order, runs COCOeval
+    and every rank returns its metrics (equal to the single-process ones)."""
+    ids = shard_images(data.image_ids, batch_size) if distributed.together() else None
+    part = distributed.agree(lambda: _predict_results(model, data, ids, device, batch_size, score_threshold_dice,
+                                                       progress and distributed.is_main()))
+    parts = distributed.gather_objects(part)
+    return distributed.on_main(lambda: _metrics(data, parts))
+
+
+def _predict_results(model, data: CocoDataset, image_ids, device, batch_size: int, score_threshold_dice: float,
+                     progress: bool) -> tuple[list, list, list, list]:
+    """COCO results (segm, bbox) and per-instance Dice and IoU of ``image_ids`` (None: all)."""
     segm, bbox, dices, ious = [], [], [], []
-    for image_id, boxes, scores, labels, masks in predict(model, data, device=device, batch_size=batch_size,
-                                                          desc="evaluate", progress=progress):
+    for image_id, boxes, scores, labels, masks in predict(model, data, image_ids, device=device,
+                                                          batch_size=batch_size, desc="evaluate", progress=progress):
         s, b = to_coco_results(data, image_id, boxes, scores, labels, masks)
         segm += s
         bbox += b
@@ -103,6 +118,11 @@ def evaluate(model, data: CocoDataset, device="cpu", batch_size: int = 4, score_
         d, i = dice_and_greedy_iou(data.by_id[image_id].decode_masks(), masks[keep] if masks is not None else None)
         dices += d
         ious += i
+    return segm, bbox, dices, ious
+
+
+def _metrics(data: CocoDataset, parts: list[tuple[list, list, list, list]]) -> dict:
+    segm, bbox, dices, ious = ([x for part in parts for x in part[j]] for j in range(4))
     metrics = {}
     metrics.update(_coco_eval(data.coco_gt, segm, "segm", data.class_names))
     metrics.update(_coco_eval(data.coco_gt, bbox, "bbox", data.class_names))

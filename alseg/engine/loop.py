@@ -14,6 +14,13 @@ checkpoint, reference and ensemble checkpoints) is read and checked before anyth
 damaged file stops the run with one line naming it and what to do. Removing round folders (the
 last ones) makes the run redo those rounds. The state also holds a fingerprint of the data
 (``alseg.data.fingerprint``): a run does not resume on changed annotations or images.
+
+On N processes (``torchrun``; ``alseg.distributed``) every rank reads and checks the same inputs,
+trains (DistributedDataParallel), infers its shard of the pool and of the val images, and trains
+ensemble members and the reference model together; rank 0 alone runs the strategy, the oracle's
+bookkeeping and every write to the run folder, and broadcasts the selection, which every rank
+applies to its own ledger. The run folder, its files and its records are those of a
+single-process run, and either kind of run resumes the other's.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from alseg import distributed
 from alseg.annotation.budget import Budget
 from alseg.annotation.cost import CostTable
 from alseg.annotation.ledger import Ledger
@@ -52,11 +60,16 @@ from alseg.run_naming import RESUMABLE_CHANGES  # keys that may change on resume
 from alseg.models.base import CAPABILITIES, check_model
 from alseg.models.mask_iou_head import iou_prediction_errors
 from alseg.predictions import infer_pool
-from alseg.strategies.base import (ENSEMBLE, MASK_IOU_HEAD, NEEDS, NEEDS_A_TRAINED_MODEL, POINT_SUPERVISION,
-                                   PREDICTION_SETS, REFERENCE_MODEL, SelectionContext, Strategy)
+from alseg.strategies.base import (ENSEMBLE, LABELED_PREDICTIONS, MASK_IOU_HEAD, NEEDS, NEEDS_A_TRAINED_MODEL,
+                                   POINT_SUPERVISION, POOL_PREDICTIONS, PREDICTION_SETS, REFERENCE_MODEL,
+                                   SelectionContext, Strategy)
 from alseg.writers.base import WriterGroup
 
 log = logging.getLogger(__name__)
+
+
+# Needs computed by every rank together (training, sharded inference) before rank 0 selects.
+COLLECTIVE_NEEDS = frozenset({REFERENCE_MODEL, ENSEMBLE, POOL_PREDICTIONS, LABELED_PREDICTIONS})
 
 
 def resolve_device(name: str) -> str:
@@ -304,7 +317,7 @@ class ActiveLearningLoop:
 
     def _commit(self, state: dict) -> None:
         # Keys in insertion order: records read back keep their column order (results.csv).
-        atomic_write_json(self.state_path, state, sort_keys=False)
+        distributed.main_only(lambda: atomic_write_json(self.state_path, state, sort_keys=False))
 
     # ---------------------------------------------------------------- checkpoints
     def _load_round_model(self, k: int, path: Path | None = None, advice: str | None = None):
@@ -364,52 +377,63 @@ class ActiveLearningLoop:
         """Run (or resume) every round; returns the round records. What is logged before the run
         folder may be written (data checks: dropped images, skipped annotations, EXIF warnings) is
         held in memory and goes to run.log once it is opened."""
-        early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
-        logging.getLogger().addHandler(early)
-        # run.log gets alseg's INFO lines however alseg is called (the CLI sets INFO; a Python
-        # caller's root logger may be at WARNING); the level is restored afterwards.
-        alseg_log = logging.getLogger("alseg")
-        level = alseg_log.level
-        if alseg_log.getEffectiveLevel() > logging.INFO:
-            alseg_log.setLevel(logging.INFO)
-        try:
-            return self._run(early)
-        finally:
-            alseg_log.setLevel(level)
-            logging.getLogger().removeHandler(early)
-            early.close()
+        timeout = (self.cfg.get("distributed") or {}).get("timeout_minutes", 60)
+        with distributed.process_group(self.device, timeout) as device:
+            self.device = device
+            early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+            logging.getLogger().addHandler(early)
+            # run.log gets alseg's INFO lines however alseg is called (the CLI sets INFO; a Python
+            # caller's root logger may be at WARNING); the level is restored afterwards. Ranks
+            # other than 0 log errors only (rank 0 says everything once).
+            alseg_log = logging.getLogger("alseg")
+            level = alseg_log.level
+            if not distributed.is_main():
+                alseg_log.setLevel(logging.ERROR)
+                self.progress = False
+            elif alseg_log.getEffectiveLevel() > logging.INFO:
+                alseg_log.setLevel(logging.INFO)
+            try:
+                return self._run(early)
+            finally:
+                alseg_log.setLevel(level)
+                logging.getLogger().removeHandler(early)
+                early.close()
 
-    def _run(self, early: logging.handlers.MemoryHandler) -> list[dict]:
-        config = OmegaConf.to_container(self.cfg, resolve=True)
-        # All validation, and every read of the run folder, happens before the run folder is touched.
-        data = self._build_data()
+    def _prepare(self, config: dict) -> tuple:
+        """Every input read and checked, nothing written: the data, the strategies, the writers, the
+        state, round 0 from al.initial_run, the ledger, the checkpoint the run reads next."""
+        data = distributed.main_first(self._build_data)  # rank 0 fills the data cache, the others read it
         strategy = self._strategy(self.cfg.strategy, "strategy")
         initial_strategy = self._strategy(self.cfg.al.initial_strategy, "al.initial_strategy")
         self._num_classes = data.train.num_classes
         self._build_model(self._num_classes)
         self._check_needs(strategy, initial_strategy)
         writers = WriterGroup(list(build(self.cfg.logger, "logger").values()) if self.cfg.logger else [])
-        data_keys = skipped_annotations(data)
         state, initial = self._load_or_create_state(config, data_fingerprint(data))
         ledger, write_labels = self._read_ledger(state, initial)
         current = self._resume_model(state, initial)
         self._check_other_checkpoints(state, [strategy, initial_strategy])
+        return data, strategy, initial_strategy, writers, state, initial, ledger, write_labels, current
+
+    def _run(self, early: logging.handlers.MemoryHandler) -> list[dict]:
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        # All validation, and every read of the run folder, happens before the run folder is touched
+        # (on every rank; an error on any stops them all).
+        data, strategy, initial_strategy, writers, state, initial, ledger, write_labels, current = \
+            distributed.agree(lambda: self._prepare(config))
+        if not distributed.is_main():
+            writers = WriterGroup([])
+        data_keys = skipped_annotations(data)
 
         state["config"] = config
-        make_dirs(self.run_dir)
-        if initial is not None:
-            copy_initial_round(initial, self.round_dir(0))
-        # Differs from the stored one at most in keys that may change on resume (al.rounds, device, ...).
-        atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
-        if write_labels:  # a version-1 state: its ledger goes to the per-round files
-            for k in range(state["round"] + (state["phase"] != "start")):
-                ledger.save_round(k, self.labels_path(k))
+        if write_labels:
             state.pop("ledger", None)
         state["version"] = STATE_VERSION
-        self._commit(state)
-        log_file = self._log_handler()
-        early.setTarget(log_file)
-        early.flush()
+        distributed.main_only(lambda: self._start_writing(state, ledger, initial, write_labels))
+        log_file = distributed.main_only(self._log_handler)
+        if log_file is not None:
+            early.setTarget(log_file)
+            early.flush()
         logging.getLogger().removeHandler(early)
         try:
             log.info("run folder: %s", self.run_dir)
@@ -422,7 +446,7 @@ class ActiveLearningLoop:
             if note:
                 log.warning(note)
             oracle = Oracle(data.train, self.costs)
-            writers.open(self.run_dir, config, state["records"])
+            distributed.main_only(lambda: writers.open(self.run_dir, config, state["records"]))
             while state["round"] <= self.rounds:
                 k = state["round"]
                 if state["phase"] == "start":
@@ -446,7 +470,7 @@ class ActiveLearningLoop:
                                             SelectResult(**results["select"]),
                                             TrainResult(**results["train"]) if results.get("train") else None,
                                             data_keys)
-                    writers.write(record)
+                    distributed.main_only(lambda: writers.write(record))
                     state["records"] = [r for r in state["records"] if r["round"] != k] + [record]
                     state.update(phase="evaluated")
                     self._commit(state)
@@ -460,9 +484,23 @@ class ActiveLearningLoop:
             raise
         finally:
             writers.close()
-            logging.getLogger().removeHandler(log_file)
-            log_file.close()
+            if log_file is not None:
+                logging.getLogger().removeHandler(log_file)
+                log_file.close()
         return state["records"]
+
+    def _start_writing(self, state: dict, ledger: Ledger, initial: InitialRound | None, write_labels: bool) -> None:
+        """The run folder made (or brought up to date) once every input was checked: round 0 copied
+        from al.initial_run, config.yaml, a version-1 state's labels in per-round files, state.json."""
+        make_dirs(self.run_dir)
+        if initial is not None:
+            copy_initial_round(initial, self.round_dir(0))
+        # Differs from the stored one at most in keys that may change on resume (al.rounds, device, ...).
+        atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        if write_labels:  # a version-1 state: its ledger goes to the per-round files
+            for k in range(state["round"] + (state["phase"] != "start")):
+                ledger.save_round(k, self.labels_path(k))
+        self._commit(state)
 
     def _log_handler(self) -> logging.Handler:
         path = self.run_dir / "run.log"
@@ -492,29 +530,38 @@ class ActiveLearningLoop:
                                    "pool_predictions": lambda: self._infer(model, data, unlabeled),
                                    "labeled_predictions": lambda: self._infer(model, data, labeled),
                                })
+        if distributed.together():  # what the ranks compute together, before rank 0 selects alone
+            for need in sorted(strategy.needs & COLLECTIVE_NEEDS):
+                ctx.get(need)
         rng = np.random.default_rng([self.seed, k, 1])
-        queries = strategy.select(ctx, budget, rng)
+        queries = distributed.on_main(lambda: strategy.select(ctx, budget, rng))
         if not queries:
             raise ConfigError(f"round {k}: strategy {strategy.name!r} selected nothing within the budget {budget}")
         seconds = 0.0
-        for q in queries:
+        for q in queries:  # on every rank: each keeps the ledger its training reads
             labels = oracle.answer(q)
             seconds += sum(lab.seconds for lab in labels)
             ledger.add(labels, k)
+        result = distributed.on_main(lambda: self._write_selection(k, strategy, budget, ctx, queries, seconds, ledger))
+        log.info("round %d: %s selected %d queries (%.0f s of annotation) in %.1f s", k, strategy.name, len(queries),
+                 seconds, time.perf_counter() - start)
+        return result
+
+    def _write_selection(self, k: int, strategy: Strategy, budget: Budget, ctx: SelectionContext, queries: list,
+                         seconds: float, ledger: Ledger) -> SelectResult:
+        """round_k/labels.jsonl and selection.json (with the strategy's analysis of its queries)."""
         ledger.save_round(k, self.labels_path(k))
         result = SelectResult(queries=len(queries), seconds=seconds, analysis=strategy.analyze(ctx, queries))
         atomic_write_json(self.round_dir(k) / "selection.json", {
             "round": k, "strategy": strategy.name, "budget": {"amount": budget.amount, "unit": budget.unit},
             "seconds": seconds, "analysis": result.analysis, "queries": [q.to_dict() for q in queries]})
-        log.info("round %d: %s selected %d queries (%.0f s of annotation) in %.1f s", k, strategy.name, len(queries),
-                 seconds, time.perf_counter() - start)
         return result
 
     def _infer(self, model, data: DataSplits, image_ids: list[int]):
         if model is None:
             raise ConfigError("this strategy needs a trained model; it cannot be the initial strategy")
         return infer_pool(model, data.train, image_ids, device=self.device, batch_size=int(self.cfg.eval.batch_size),
-                          progress=self.progress)
+                          progress=self.progress, shard_dir=self.run_dir / "pool_inference")
 
     def _reference_model(self, data: DataSplits):
         """A model trained on the whole pool with full masks (for model-based pruning baselines),
@@ -528,7 +575,7 @@ class ActiveLearningLoop:
         log.info("training the reference model on all %d pool images", len(views))
         self._fit(model, TrainingSet(data.train, views, self.transforms, seed=self.seed), self.train_cfg,
                   "reference train", seed=self.seed)
-        atomic_torch_save({"model": model.state_dict(), "round": -1}, path)
+        distributed.main_only(lambda: atomic_torch_save({"model": model.state_dict(), "round": -1}, path))
         return model
 
     def _ensemble(self, k: int, data: DataSplits, ledger: Ledger, model, size: int) -> list:
@@ -552,7 +599,7 @@ class ActiveLearningLoop:
                 seed = self.seed * 7919 + 1000 * i + k
                 self._fit(member, TrainingSet(data.train, views, self.transforms, seed=seed), self.train_cfg,
                           f"ensemble {i} train", seed)
-                atomic_torch_save({"model": member.state_dict(), "round": k}, path)
+                distributed.main_only(lambda: atomic_torch_save({"model": member.state_dict(), "round": k}, path))
             members.append(member)
         return members
 
@@ -580,13 +627,17 @@ class ActiveLearningLoop:
         seed = self.seed * 1009 + k
         dataset = TrainingSet(data.train, views, self.transforms, seed=seed)
         losses = self._fit(model, dataset, cfg, f"round {k} train", seed)
-        if MASK_IOU_HEAD in model.capabilities:
-            losses |= model.train_mask_iou_head(dataset, device=self.device, seed=seed, progress=self.progress,
-                                                batch_size=self.train_cfg.batch_size)
+        if MASK_IOU_HEAD in model.capabilities:  # fitted on rank 0, then copied to the others
+            losses |= distributed.on_main(lambda: model.train_mask_iou_head(
+                dataset, device=self.device, seed=seed, progress=self.progress, batch_size=self.train_cfg.batch_size))
+            distributed.broadcast_model(model)
+        distributed.main_only(lambda: self._save_checkpoint(k, model))
+        return model, TrainResult(iters=cfg.iters, base_lr=cfg.lr, losses=losses)
+
+    def _save_checkpoint(self, k: int, model) -> None:
         atomic_torch_save({"model": model.state_dict(), "round": k}, self.round_dir(k) / "model.pt")
         if self.cfg.al.keep_checkpoints == "last" and k > 0:
             (self.round_dir(k - 1) / "model.pt").unlink(missing_ok=True)
-        return model, TrainResult(iters=cfg.iters, base_lr=cfg.lr, losses=losses)
 
     def _evaluate(self, k: int, data: DataSplits, ledger: Ledger, model, strategy: Strategy,
                   initial_strategy: Strategy, selected: SelectResult, trained: TrainResult | None,
@@ -595,7 +646,13 @@ class ActiveLearningLoop:
         the select and train phases' results; also written to round_k/metrics.json."""
         start = time.perf_counter()
         metrics = evaluate(model, data.val, device=self.device, batch_size=int(self.cfg.eval.batch_size),
-                           progress=self.progress)
+                           progress=self.progress)  # on every rank (sharded); the record on rank 0
+        return distributed.on_main(lambda: self._record(k, data, ledger, model, strategy, initial_strategy, selected,
+                                                         trained, data_keys, metrics, start))
+
+    def _record(self, k: int, data: DataSplits, ledger: Ledger, model, strategy: Strategy,
+                initial_strategy: Strategy, selected: SelectResult, trained: TrainResult | None, data_keys: dict,
+                metrics: dict, start: float) -> dict:
         log.info("round %d: evaluated on %d val images in %.1f s: mask AP %.3f, mask AP50 %.3f, box AP %.3f", k,
                  len(data.val.images), time.perf_counter() - start, metrics.get("mask_AP", float("nan")),
                  metrics.get("mask_AP50", float("nan")), metrics.get("box_AP", float("nan")))

@@ -1,6 +1,11 @@
 """An iteration-based trainer in plain PyTorch with hooks (in the manner of detectron2's
 SimpleTrainer): SGD with momentum and weight decay, linear warmup then step decay, gradient
-clipping, AMP on GPU, a progress bar with the loss, and a stop on a non-finite loss."""
+clipping, AMP on GPU, a progress bar with the loss, and a stop on a non-finite loss.
+
+On N processes (``alseg.distributed``) the model is wrapped in DistributedDataParallel and
+``batch_size`` stays the total batch (detectron2's IMS_PER_BATCH): each process takes its
+``batch_size / N`` images of every global batch, so the images of a step, the learning-rate
+schedule and the effective batch are those of the single-process run."""
 
 from __future__ import annotations
 
@@ -15,8 +20,10 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from alseg import distributed
 from alseg.data.torch_dataset import TrainingSet, collate
 from alseg.errors import ConfigError, TrainingError
+from alseg.models.base import MASK_IOU_HEAD, POINT_SUPERVISION
 
 
 @dataclass
@@ -33,6 +40,7 @@ class TrainerConfig:
     grad_clip: float | None = 10.0
     amp: bool = True  # only takes effect on CUDA
     num_workers: int = 0
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA, N > 1 processes); BatchNorm layers only
 
     def validate(self, where: str = "trainer.schedule") -> None:
         for name, value in self.__dict__.items():
@@ -92,6 +100,7 @@ _FIELD_TYPES = {
     "grad_clip": (lambda v: v is None or _is_number(v), "a number or null"),
     "steps": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_number, v)), "a list of numbers"),
     "amp": (lambda v: isinstance(v, bool), "true or false"),
+    "sync_bn": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -104,17 +113,27 @@ def _check_fields(fields: dict, where: str) -> None:
 
 class InfiniteSampler(Sampler):
     """Shuffled passes over the dataset, forever; yields (index, draw) so that augmentations are a
-    function of the seed and the draw number only."""
+    function of the seed and the draw number only.
 
-    def __init__(self, n: int, seed: int):
+    With ``ranks`` > 1 the global stream (the single-process one) is cut into batches of
+    ``batch_size`` and rank ``rank`` yields its contiguous ``batch_size / ranks`` of each."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, ranks: int = 1, batch_size: int = 1):
+        if batch_size % ranks:
+            raise ConfigError(f"trainer.schedule.batch_size ({batch_size}) must be a multiple of the number of "
+                              f"processes ({ranks}): it is the total batch, split evenly across them")
         self.n, self.seed = n, seed
+        self.rank, self.ranks, self.batch_size = rank, ranks, batch_size
+        self.per_rank = batch_size // ranks
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rng = np.random.default_rng(self.seed)
         draw = 0
+        lo, hi = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
         while True:
             for i in rng.permutation(self.n):
-                yield int(i), draw
+                if lo <= draw % self.batch_size < hi:
+                    yield int(i), draw
                 draw += 1
 
 
@@ -165,8 +184,10 @@ class LogProgressHook(HookBase):
     def before_train(self, trainer):
         self.start = self.last = time.perf_counter()
         self.window = []
-        self.log.info("%s: %d iterations, batch %d, base lr %g", self.desc, trainer.cfg.iters,
-                      trainer.cfg.batch_size, trainer.cfg.lr)
+        n = distributed.working_ranks()
+        split = f" ({trainer.cfg.batch_size // n} per process x {n} processes)" if n > 1 else ""
+        self.log.info("%s: %d iterations, batch %d%s, base lr %g", self.desc, trainer.cfg.iters,
+                      trainer.cfg.batch_size, split, trainer.cfg.lr)
 
     def after_step(self, trainer):
         self.window.append(trainer.last_losses)
@@ -210,6 +231,10 @@ class Trainer:
             raise TrainingError("no labeled image to train on")
         self.model, self.dataset, self.cfg, self.device = model, dataset, cfg, torch.device(device)
         self.hooks = list(hooks)
+        ranks = distributed.working_ranks()
+        sampler = InfiniteSampler(len(dataset), seed, distributed.rank() if ranks > 1 else 0, ranks,
+                                  cfg.batch_size)
+        self.module = self._wrap(model, cfg) if ranks > 1 else model  # what the step calls
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cfg.lr_factor)
@@ -217,8 +242,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.loader = DataLoader(
             dataset,
-            batch_size=cfg.batch_size,
-            sampler=InfiniteSampler(len(dataset), seed),
+            batch_size=cfg.batch_size // ranks,
+            sampler=sampler,
             collate_fn=collate,
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
@@ -226,6 +251,19 @@ class Trainer:
         self.iter = 0
         self.last_loss = math.nan
         self.last_losses: dict[str, float] = {}
+
+    def _wrap(self, model: torch.nn.Module, cfg: TrainerConfig) -> torch.nn.Module:
+        """``model`` in DistributedDataParallel (SyncBatchNorm first when asked). A model whose steps
+        may leave parameters unused (a mask-IoU head fitted separately; the mask branch of a batch
+        with only boxes, under point supervision) gets find_unused_parameters (one more pass over
+        the autograd graph per step); the others do not need it."""
+        if cfg.sync_bn:
+            if self.device.type != "cuda":
+                raise ConfigError("trainer.schedule.sync_bn: SyncBatchNorm needs CUDA; set it to false on CPU")
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        unused = bool(set(getattr(model, "capabilities", ())) & {MASK_IOU_HEAD, POINT_SUPERVISION})
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 
     @property
     def current_lr(self) -> float:
@@ -248,10 +286,13 @@ class Trainer:
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
         with torch.autocast(self.device.type, enabled=self.use_amp):
-            losses = self.model(images, targets)
+            losses = self.module(images, targets)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        # The terms averaged over processes, for the log and the stop (every rank stops together).
+        values = distributed.all_reduce_sum(torch.stack([v.detach().float() for v in losses.values()]))
+        values = (values / distributed.working_ranks()).tolist()
+        if not math.isfinite(sum(values)):
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(losses, values))
             raise TrainingError(f"non-finite loss at iteration {self.iter} ({terms}); lower trainer.lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -261,5 +302,5 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        self.last_loss = float(loss.detach())
-        self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
+        self.last_loss = float(sum(values))
+        self.last_losses = dict(zip(losses, values))

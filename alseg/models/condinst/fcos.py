@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
+from alseg import distributed
 from alseg.models.condinst.layers import Scale
 
 __all__ = ["FCOSHead", "centerness_targets", "fcos_detections", "fcos_losses", "fcos_targets", "size_ranges"]
@@ -157,20 +158,25 @@ def fcos_losses(cls_logits: Tensor, box_reg: Tensor, ctr_logits: Tensor, labels:
       loss_fcos_loc: GIoU loss of the positives weighted by their centerness targets, / the sum of
                      those targets;
       loss_fcos_ctr: centerness BCE-with-logits of the positives, summed, / max(#positives, 1).
-    Every term is finite and connected to the graph, also without positives.
+    Every term is finite and connected to the graph, also without positives. On N processes the
+    two normalisers are averaged over the processes (AdelaiDet's ``reduce_sum(num_pos) / num_gpus``),
+    so that every image of the global batch weighs the same.
     """
     pos = torch.nonzero(labels > 0).squeeze(1)
-    num_pos = max(float(pos.numel()), 1.0)
+    ranks = distributed.working_ranks()
+    reg_t = reg_targets[pos].float()
+    ctr_t = centerness_targets(reg_t)
+    # Both normalisers reduced on every rank, also one without positives (a collective each).
+    num_pos = max(distributed.all_reduce_sum(float(pos.numel())) / ranks, 1.0)
+    ctr_sum = max(distributed.all_reduce_sum(float(ctr_t.sum())) / ranks, 1e-6)
     target = torch.zeros_like(cls_logits, dtype=torch.float32)
     target[pos, labels[pos] - 1] = 1.0
     loss_cls = sigmoid_focal_loss(cls_logits.float(), target, alpha=alpha, gamma=gamma, reduction="sum") / num_pos
     if pos.numel() == 0:
         zero = box_reg.sum() * 0 + ctr_logits.sum() * 0
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": zero, "loss_fcos_ctr": zero}
-    reg_t = reg_targets[pos].float()
-    ctr_t = centerness_targets(reg_t)
     giou = generalized_box_iou_loss(_ltrb_boxes(box_reg[pos].float()), _ltrb_boxes(reg_t), reduction="none")
-    loss_loc = (giou * ctr_t).sum() / max(float(ctr_t.sum()), 1e-6)
+    loss_loc = (giou * ctr_t).sum() / ctr_sum
     loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits[pos].float(), ctr_t, reduction="sum") / num_pos
     return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}
 
