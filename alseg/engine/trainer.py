@@ -289,7 +289,7 @@ class Trainer:
             losses = self.module(images, targets)
         loss = sum(losses.values())
         # The terms averaged over processes, for the log and the stop (every rank stops together).
-        values = distributed.all_reduce_sum(torch.stack([v.detach().float() for v in losses.values()]))
+        values = distributed.all_reduce_sum(torch.stack([v.detach().float().reshape(()) for v in losses.values()]))
         values = (values / distributed.working_ranks()).tolist()
         if not math.isfinite(sum(values)):
             terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(losses, values))
