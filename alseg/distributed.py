@@ -174,12 +174,12 @@ def main_only(fn: Callable[[], T]) -> T | None:
         except Exception as e:
             _nested = False
             broadcast_object(_picklable(e))
-            raise _shared(e)
+            raise shared(e)
         finally:
             _nested = False
     error = broadcast_object(error)
     if error is not None:
-        raise _shared(error)
+        raise shared(error)
     return result
 
 
@@ -207,7 +207,7 @@ def agree(fn: Callable[[], T]) -> T:
     dist.all_gather_object(errors, error)
     first = next((e for e in errors if e is not None), None)
     if first is not None:
-        raise _shared(first)
+        raise shared(first)
     return result
 
 
@@ -261,7 +261,9 @@ def is_shared(e: BaseException) -> bool:
     return bool(getattr(e, "alseg_shared", False))
 
 
-def _shared(e: Exception) -> Exception:
+def shared(e: Exception) -> Exception:
+    """``e`` marked as raised on every rank (``is_shared``): for an error that every rank meets
+    at the same point from the same values (e.g. a non-finite loss after the all-reduce)."""
     e.alseg_shared = True
     return e
 

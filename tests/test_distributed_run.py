@@ -5,6 +5,7 @@ selection from a given round's model equal to the single-process one."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -90,3 +91,22 @@ def test_a_selection_on_two_processes_equals_the_single_process_one(tmp):
     selection = [json.loads((runs / name / "round_001" / "selection.json").read_text()) for name in ("single", "again")]
     assert selection[0]["queries"] == selection[1]["queries"] and len(selection[0]["queries"]) == 4
     assert selection[0]["analysis"] == selection[1]["analysis"]
+
+
+@pytest.mark.parametrize("override, line", [
+    ("trainer.schedule.sync_bn=true", "alseg: error: trainer.schedule.sync_bn: SyncBatchNorm needs CUDA"),
+    ("trainer.schedule.batch_size=3", "alseg: error: trainer.schedule.batch_size (3) must be a multiple of the "
+                                      "number of processes (2)"),
+    # Met by rank 0 alone in round 1's selection (after round 0 was written): shared with rank 1.
+    ("al.budget=0.5", "alseg: error: round 1: strategy 'taudis' selected nothing within the budget"),
+])
+def test_a_bad_config_on_two_processes_is_one_line(tmp, override, line):
+    proc = _torchrun(tmp, f"run_name=bad_{override.split('=')[0]}", override, wait=False)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    errors = [x for x in out.splitlines() if x.startswith("alseg: error")]
+    assert len(errors) == 1 and errors[0].startswith(line), out[-2000:]
+    # No traceback of alseg's (torchrun reports the failed processes with its own, from its own code).
+    assert not re.search(r'File ".*/alseg/', out), out[-3000:]
+    if not override.startswith("al.budget"):  # refused before anything is written
+        assert not (tmp / "runs" / "default" / f"bad_{override.split('=')[0]}").exists()

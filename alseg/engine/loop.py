@@ -158,6 +158,19 @@ class ActiveLearningLoop:
             self._initial_model = check_model(build(self.cfg.model, "model", num_classes=num_classes)).to(self.device)
         return copy.deepcopy(self._initial_model)
 
+    def _check_processes(self) -> None:
+        """What a run on N processes asks of the schedule (ConfigError before anything is written)."""
+        n = distributed.working_ranks()
+        if n == 1:
+            return
+        for cfg, where in ((self.train_cfg, "trainer.schedule"), (self.finetune_cfg, "trainer.finetune")):
+            if cfg.batch_size % n:
+                raise ConfigError(f"{where}.batch_size ({cfg.batch_size}) must be a multiple of the number of "
+                                  f"processes ({n}): it is the total batch, split evenly across them")
+            if cfg.sync_bn and not self.device.startswith("cuda"):
+                raise ConfigError(f"{where}.sync_bn: SyncBatchNorm needs CUDA (one GPU per process); set it to false "
+                                  f"for a run on CPU processes")
+
     def _strategy(self, node, what: str) -> Strategy:
         s = build(node, what)
         if not isinstance(s, Strategy):
@@ -408,6 +421,7 @@ class ActiveLearningLoop:
         self._num_classes = data.train.num_classes
         self._build_model(self._num_classes)
         self._check_needs(strategy, initial_strategy)
+        self._check_processes()
         writers = WriterGroup(list(build(self.cfg.logger, "logger").values()) if self.cfg.logger else [])
         state, initial = self._load_or_create_state(config, data_fingerprint(data))
         ledger, write_labels = self._read_ledger(state, initial)
@@ -534,9 +548,7 @@ class ActiveLearningLoop:
             for need in sorted(strategy.needs & COLLECTIVE_NEEDS):
                 ctx.get(need)
         rng = np.random.default_rng([self.seed, k, 1])
-        queries = distributed.on_main(lambda: strategy.select(ctx, budget, rng))
-        if not queries:
-            raise ConfigError(f"round {k}: strategy {strategy.name!r} selected nothing within the budget {budget}")
+        queries = distributed.on_main(lambda: self._choose(k, strategy, ctx, budget, rng))
         seconds = 0.0
         for q in queries:  # on every rank: each keeps the ledger its training reads
             labels = oracle.answer(q)
@@ -546,6 +558,13 @@ class ActiveLearningLoop:
         log.info("round %d: %s selected %d queries (%.0f s of annotation) in %.1f s", k, strategy.name, len(queries),
                  seconds, time.perf_counter() - start)
         return result
+
+    @staticmethod
+    def _choose(k: int, strategy: Strategy, ctx: SelectionContext, budget: Budget, rng) -> list:
+        queries = strategy.select(ctx, budget, rng)
+        if not queries:
+            raise ConfigError(f"round {k}: strategy {strategy.name!r} selected nothing within the budget {budget}")
+        return queries
 
     def _write_selection(self, k: int, strategy: Strategy, budget: Budget, ctx: SelectionContext, queries: list,
                          seconds: float, ledger: Ledger) -> SelectResult:

@@ -293,7 +293,8 @@ class Trainer:
         values = (values / distributed.working_ranks()).tolist()
         if not math.isfinite(sum(values)):
             terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(losses, values))
-            raise TrainingError(f"non-finite loss at iteration {self.iter} ({terms}); lower trainer.lr or check the data")
+            error = TrainingError(f"non-finite loss at iteration {self.iter} ({terms}); lower trainer.lr or check the data")
+            raise distributed.shared(error) if distributed.working_ranks() > 1 else error
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
