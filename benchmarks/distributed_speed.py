@@ -108,6 +108,10 @@ def main(argv=None) -> int:
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; model {args.model}, "
               f"{args.images} pool images, batch {args.batch}, device {args.device}", flush=True)
         one = measure(args, tmp, "cuda" if args.device == "cuda" else "cpu")
+        single_thread = None
+        if args.device == "cpu" and args.threads > 1:  # the per-process share, for scale
+            torch.set_num_threads(max(1, args.threads // args.procs))
+            single_thread = measure(args, tmp, "cpu")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -115,9 +119,13 @@ def main(argv=None) -> int:
         mp.start_processes(worker, args=(args.procs, port, args, tmp, max(1, args.threads // args.procs), str(out)),
                            nprocs=args.procs, start_method="spawn")
         many = pickle.loads(out.read_bytes())
-    print(f"{'':24}{'1 process':>12}{f'{args.procs} processes':>14}{'ratio':>8}")
+    share = max(1, args.threads // args.procs)
+    print(f"threads: 1 process {args.threads}; {args.procs} processes {share} each")
+    print(f"{'':24}{'1 process':>12}{f'{args.procs} processes':>14}{'ratio':>8}"
+          + (f"{f'(1 process, {share} thread(s))':>30}" if single_thread else ""))
     for key, what in (("infer_img_s", "pool inference img/s"), ("train_it_s", "training it/s")):
-        print(f"{what:24}{one[key]:12.2f}{many[key]:14.2f}{many[key] / one[key]:7.2f}x")
+        extra = f"{single_thread[key]:17.2f} -> {many[key] / single_thread[key]:.2f}x" if single_thread else ""
+        print(f"{what:24}{one[key]:12.2f}{many[key]:14.2f}{many[key] / one[key]:7.2f}x{extra}")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
