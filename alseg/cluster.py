@@ -91,13 +91,16 @@ def stopping_with_launcher(poll_s: float = 1.0) -> Iterator[None]:
 
 
 def first_host(nodelist: str) -> str:
-    """The first host name of a SLURM node list: ``node[003-005,7],gpu1`` -> ``node003``,
-    ``a,b`` -> ``a``, ``gpu-[12]`` -> ``gpu-12``. (``scontrol show hostnames`` does the same.)"""
-    m = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?", nodelist.strip())
-    prefix, ranges = m.group(1), m.group(2)
-    if ranges is None:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+    """The first host name of a SLURM node list, as ``scontrol show hostnames`` would print it
+    first: ``node[003-005,7],gpu1`` -> ``node003``; ``a,b`` -> ``a``;
+    ``rack[1-2]-gpu[08-09]`` -> ``rack1-gpu08``."""
+    depth, end = 0, len(nodelist)
+    for i, ch in enumerate(nodelist):  # the first item: up to the first comma outside brackets
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            end = i
+            break
+    return re.sub(r"\[([^\]]*)\]", lambda m: m.group(1).split(",")[0].split("-")[0], nodelist[:end].strip())
 
 
 def env_from_slurm(environ: Mapping[str, str] | None = None, port: int | None = None) -> dict[str, str] | None:
