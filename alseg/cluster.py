@@ -20,6 +20,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from typing import Iterator, Mapping
 
 LAUNCHER_ENV = "ALSEG_SWEEP_LAUNCHER"  # "<host>:<pid>" of the `alseg -m` process, inherited by its workers
@@ -54,40 +55,50 @@ def in_sweep_worker(environ: Mapping[str, str] | None = None) -> bool:
 
 
 _launcher_gone = threading.Event()
+_watch_lock = threading.Lock()
+_watching = False  # one watcher thread per worker process, for all the jobs it runs
+_in_job = False
 
 
 def launcher_gone() -> bool:
-    """True once ``stopping_with_launcher`` saw the launcher end: nobody collects this job's
-    result, so the worker process should end with the job (an idle loky worker lingers 300 s)."""
+    """True once the watcher of ``stopping_with_launcher`` saw the launcher end: nobody collects
+    this job's result, so the worker process should end with the job."""
     return _launcher_gone.is_set()
+
+
+def _watch(parent: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    _launcher_gone.set()
+    with _watch_lock:
+        in_job = _in_job
+    if in_job:
+        os.kill(os.getpid(), signal.SIGTERM)
+    else:  # an idle worker would wait for work that never comes (loky's own idle timeout aside)
+        os._exit(128 + signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def stopping_with_launcher(poll_s: float = 1.0) -> Iterator[None]:
-    """In a sweep worker: when the launching process is gone (its parent changes), send this
-    process SIGTERM, so that ``alseg.interrupts.handled()`` unwinds the run as on ``kill``: the
-    write in progress completes and run.log says where the run stopped. Elsewhere nothing."""
+    """In a sweep worker: when the launching process is gone (the worker's parent changes), a
+    job in this block gets SIGTERM, so that ``alseg.interrupts.handled()`` unwinds the run as on
+    ``kill`` (the write in progress completes, run.log says where the run stopped); a worker
+    between jobs ends at once. Polls every ``poll_s`` seconds. Elsewhere nothing."""
+    global _watching, _in_job
     if not in_sweep_worker():
         yield
         return
-    parent = os.getppid()
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(poll_s):
-            if os.getppid() != parent:
-                _launcher_gone.set()
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-
-    watcher = threading.Thread(target=watch, name="alseg-launcher-watch", daemon=True)
-    _launcher_gone.clear()
-    watcher.start()
+    with _watch_lock:
+        if not _watching:
+            threading.Thread(target=_watch, args=(os.getppid(), poll_s), name="alseg-launcher-watch",
+                             daemon=True).start()
+            _watching = True
+        _in_job = True
     try:
         yield
     finally:
-        done.set()
-        watcher.join()
+        with _watch_lock:
+            _in_job = False
 
 
 def first_host(nodelist: str) -> str:

@@ -145,3 +145,60 @@ def test_in_sweep_worker_only_under_this_hosts_launching_parent():
         assert os.environ[cluster.LAUNCHER_ENV] == f"{host}:{os.getpid()}"
         assert not cluster.in_sweep_worker()
     assert cluster.LAUNCHER_ENV not in os.environ or os.environ[cluster.LAUNCHER_ENV] != f"{host}:{os.getpid()}"
+
+
+# A sweep worker (a child of a marked launcher) in a job, then between jobs; the launcher is killed.
+WORKER = """
+import sys, time
+from alseg import cluster, interrupts
+out, idle = sys.argv[1], sys.argv[2] == "idle"
+try:
+    with interrupts.handled(), cluster.stopping_with_launcher(poll_s=0.05):
+        open(out + ".started", "w").close()
+        if not idle:
+            time.sleep(30)
+    time.sleep(30)
+except KeyboardInterrupt as e:
+    open(out, "w").write(f"{e.signal_name} {cluster.launcher_gone()}")
+"""
+LAUNCHER = """
+import subprocess, sys, time
+from alseg import cluster
+assert not cluster.in_sweep_worker()
+with cluster.launcher_marked():
+    worker = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]])
+    print(worker.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc (Linux)")
+@pytest.mark.parametrize("idle", [False, True])
+def test_a_sweep_worker_stops_when_its_launcher_is_killed(tmp_path, idle):
+    import time
+
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, WORKER, str(out), "idle" if idle else "job"],
+                                env=env, stdout=subprocess.PIPE, text=True)
+    worker_pid = int(launcher.stdout.readline())
+    deadline = time.monotonic() + 30
+    while not Path(f"{out}.started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    launcher.kill()  # SIGKILL: the launcher cannot pass anything on
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:  # the launcher's orphan: gone, or a zombie until init reaps it
+            if Path(f"/proc/{worker_pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker_pid, 9)
+        pytest.fail("the worker outlived its launcher by 10 s")
+    if idle:  # between jobs: the worker ends at once, nothing raised in it
+        assert not out.exists()
+    else:  # in a job: SIGTERM, unwound as a `kill` of a plain run is
+        assert out.read_text() == "SIGTERM True"
