@@ -106,7 +106,12 @@ class _JobPrefix(logging.Formatter):
 
 def _as_sweep_worker(cfg: DictConfig) -> None:
     """A job of a parallel sweep shares the terminal with the others: its console log lines get
-    ``[#N]`` (N: Hydra's job number) and progress bars are off (the log shows training progress)."""
+    ``[#N]`` (N: Hydra's job number) and progress bars are off (the log shows training progress).
+    Its DataLoader workers start as in a plain run: loky makes its own start method the default in
+    its workers, and torch's worker processes fail under it (hydra issue #964)."""
+    import multiprocessing
+
+    multiprocessing.set_start_method(None, force=True)  # back to the platform's default
     prefix = f"[#{HydraConfig.get().job.num}] "
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler and not isinstance(handler.formatter, _JobPrefix):

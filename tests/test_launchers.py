@@ -29,9 +29,11 @@ def _alseg(tmp_path, *args, extra_env=None, timeout=300):
 
 # --------------------------------------------------------------------------- joblib
 def test_joblib_sweep_two_parallel_runs_then_compare(tmp_path, capsys):
-    # Progress bars on (FAST turns them off): the jobs must turn them off themselves.
+    # Progress bars on (FAST turns them off): the jobs must turn them off themselves. A DataLoader
+    # worker process: loky's start method, the default in its workers, cannot start it.
     overrides = [o for o in fast_overrides() if not o.startswith("progress=")]
-    sweep = ["-m", f"paths.runs={tmp_path / 'runs'}", *overrides, "al.rounds=0", "seed=0,1"]
+    sweep = ["-m", f"paths.runs={tmp_path / 'runs'}", *overrides, "al.rounds=0", "seed=0,1",
+             "trainer.schedule.num_workers=1"]
     res = _alseg(tmp_path, *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Traceback" not in res.stdout + res.stderr
