@@ -81,6 +81,14 @@ def _hydra_errors_in_one_line(hydra_main):
         except BrokenPipeError:  # `alseg --help | head`: the reader left; as Python's docs advise
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
+        except Exception as e:
+            if type(e).__name__ != "FailedJobError" or not type(e).__module__.startswith("submitit"):
+                raise
+            # sbatch refused the jobs (a partition, account or resource SLURM does not have)
+            reason = " ".join(str(e).split()) or "no reason given"
+            print(f"alseg: error: hydra.launcher: SLURM refused the sweep's jobs: {reason}; check "
+                  f"hydra.launcher (partition, account, gpus_per_node, timeout_min, ...)", file=sys.stderr)
+            sys.exit(2)
         finally:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 

@@ -93,7 +93,11 @@ def test_submitit_slurm_composes_and_writes_the_sbatch_script(tmp_path):
                  "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4",
                  "hydra.launcher.timeout_min=600", "seed=0,1",
                  extra_env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
-    assert res.returncode != 0 and "no SLURM on this machine" in res.stderr
+    # sbatch's refusal: sbatch's own line (submitit passes its stderr on), then alseg's one line
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert err == ["sbatch: error: no SLURM on this machine", err[1]] and \
+        err[1].startswith("alseg: error: hydra.launcher: SLURM refused") and "no SLURM on this machine" in err[1]
     script = (tmp_path / "sbatch_script.sh").read_text()
     for line in ("#SBATCH --array=0-1%2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4",
                  "#SBATCH --nodes=1", "#SBATCH --time=600", "#SBATCH --signal=USR2@120"):
