@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from alseg import interrupts
+from alseg import cluster, interrupts
 from alseg.distributed import is_shared
 from alseg.errors import AlsegError
 from alseg.run_naming import legacy_run_name, run_name
@@ -70,16 +70,26 @@ def _hydra_errors_in_one_line(hydra_main):
     @functools.wraps(hydra_main)
     def wrapper(*args, **kwargs):
         if os.environ.get("HYDRA_FULL_ERROR"):
-            return hydra_main(*args, **kwargs)
+            with cluster.launcher_marked():
+                return hydra_main(*args, **kwargs)
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its errors instead of printing them
         try:
-            return hydra_main(*args, **kwargs)
+            with cluster.launcher_marked():  # the jobs of `-m hydra/launcher=joblib` know their launcher
+                return hydra_main(*args, **kwargs)
         except HydraException as e:
             print(f"alseg: error: {_hydra_error_line(e)}", file=sys.stderr)
             sys.exit(2)
         except BrokenPipeError:  # `alseg --help | head`: the reader left; as Python's docs advise
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
+        except Exception as e:
+            if type(e).__name__ != "FailedJobError" or not type(e).__module__.startswith("submitit"):
+                raise
+            # sbatch refused the jobs (a partition, account or resource SLURM does not have)
+            reason = " ".join(str(e).split()) or "no reason given"
+            print(f"alseg: error: hydra.launcher: SLURM refused the sweep's jobs: {reason}; check "
+                  f"hydra.launcher (partition, account, gpus_per_node, timeout_min, ...)", file=sys.stderr)
+            sys.exit(2)
         finally:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 
@@ -96,6 +106,32 @@ def _fail(message: str, shared: bool = False) -> None:
     where = f" (rank {rank})" if rank != "0" else ""
     print(f"alseg: error{where}: " + " ".join(message.split()), file=sys.stderr)
     sys.exit(2)
+
+
+class _JobPrefix(logging.Formatter):
+    """Console lines of a parallel sweep's job start with its number, as Hydra lists the jobs."""
+
+    def __init__(self, inner: logging.Formatter | None, prefix: str):
+        super().__init__()
+        self.inner, self.prefix = inner or logging.Formatter(), prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.prefix + self.inner.format(record)
+
+
+def _as_sweep_worker(cfg: DictConfig) -> None:
+    """A job of a parallel sweep shares the terminal with the others: its console log lines get
+    ``[#N]`` (N: Hydra's job number) and progress bars are off (the log shows training progress).
+    Its DataLoader workers start as in a plain run: loky makes its own start method the default in
+    its workers, and torch's worker processes fail under it (hydra issue #964)."""
+    import multiprocessing
+
+    multiprocessing.set_start_method(None, force=True)  # back to the platform's default
+    prefix = f"[#{HydraConfig.get().job.num}] "
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and not isinstance(handler.formatter, _JobPrefix):
+            handler.setFormatter(_JobPrefix(handler.formatter, prefix))
+    cfg.progress = False
 
 
 def _interrupted(e: KeyboardInterrupt, run_dir: Path) -> int:
@@ -118,9 +154,11 @@ def main(cfg: DictConfig) -> float | None:
     from alseg.engine.loop import ActiveLearningLoop
 
     run_dir = run_dir_of(cfg)
+    if cluster.in_sweep_worker():
+        _as_sweep_worker(cfg)
     try:
         # Log lines go above the progress bars (tqdm.write), not into them.
-        with interrupts.handled(), logging_redirect_tqdm():
+        with interrupts.handled(), cluster.stopping_with_launcher(), logging_redirect_tqdm():
             records = ActiveLearningLoop(cfg, run_dir).run()
     except AlsegError as e:
         _fail(str(e), is_shared(e))
@@ -131,7 +169,10 @@ def main(cfg: DictConfig) -> float | None:
 
         _fail(f"{e.filename}: {os_error_reason(e)}; check the path, its permissions and the free disk space")
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (alseg.interrupts), after the write in progress
-        sys.exit(_interrupted(e, run_dir))
+        code = _interrupted(e, run_dir)
+        if cluster.launcher_gone():  # a sweep worker whose launcher was killed: nobody waits for it
+            os._exit(code)
+        sys.exit(code)
     last = records[-1] if records else {}
     if os.environ.get("RANK", "0") == "0":
         log.info("results: %s  plot: %s", run_dir / "results.jsonl", run_dir / "ap_vs_hours.png")
