@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from alseg.cluster import env_from_slurm
 from alseg.errors import ConfigError
 
 T = TypeVar("T")
@@ -94,8 +95,14 @@ def process_device(device: str) -> str:
         if device != "cuda":
             raise ConfigError(f"device: {device!r} names one GPU, but a run on {world_size()} processes uses one GPU "
                               f"per process (LOCAL_RANK); use device=cuda or device=auto")
-        return f"cuda:{local_rank()}"
+        return f"cuda:{_gpu_of(local_rank())}"
     return device
+
+
+def _gpu_of(local: int) -> int:
+    """The GPU of local rank ``local``: itself, modulo the GPUs this process sees (a SLURM task
+    given one GPU of its own sees it as cuda:0)."""
+    return local % max(torch.cuda.device_count(), 1)
 
 
 @contextlib.contextmanager
@@ -105,7 +112,12 @@ def process_group(device: str, timeout_minutes: float = 60.0, environ=os.environ
     it yields ``device`` and does nothing. ``timeout_minutes`` bounds how long a rank waits for the
     others at a collective (rank 0's selection runs while the others wait).
 
+    A task that SLURM's ``srun`` started (one per GPU; ``alseg.cluster.env_from_slurm``) gets the
+    torchrun variables from SLURM's first.
+
     Raises ConfigError for a bad ``WORLD_SIZE`` or missing torchrun variables."""
+    if environ is os.environ:
+        os.environ.update(env_from_slurm() or {})
     n = requested_world_size(environ)
     if n == 1 or is_distributed():
         yield process_device(device)
@@ -114,7 +126,7 @@ def process_group(device: str, timeout_minutes: float = 60.0, environ=os.environ
         raise ConfigError(f"distributed.timeout_minutes must be a number > 0, got {timeout_minutes!r}")
     cuda = device.startswith("cuda")
     if cuda:
-        torch.cuda.set_device(int(environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(_gpu_of(int(environ.get("LOCAL_RANK", 0))))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
     try:
         yield process_device(device)
