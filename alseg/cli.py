@@ -144,7 +144,8 @@ def _interrupted(e: KeyboardInterrupt, run_dir: Path) -> int:
     for bar in list(getattr(tqdm, "_instances", ())):  # bars the unwinding left open (leave=False: erased)
         bar.close()
     sys.stdout.flush()
-    print(f"\nalseg: interrupted ({name}); {advice}", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # a run on N processes: every one was stopped; rank 0 says so
+        print(f"\nalseg: interrupted ({name}); {advice}", file=sys.stderr, flush=True)
     return interrupts.exit_code_of(e)
 
 
