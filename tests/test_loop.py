@@ -235,6 +235,21 @@ def test_initial_run_must_share_round_0s_config(cfg_factory, tmp_path, override,
     assert not (tmp_path / "run").exists()
 
 
+def test_initial_run_accepts_keys_added_since_the_source_ran_and_another_cache():
+    """A source run made before a key existed (e.g. trainer.schedule.sync_bn) or with its data
+    cache elsewhere gives its round 0; a changed round-0 key is still a difference."""
+    from alseg.engine.initial_run import round0_differences
+
+    source = {"seed": 0, "dataset": {"name": "synthetic", "cache_dir": "/a"}, "trainer": {"schedule": {"iters": 4}},
+              "al": {"rounds": 0}}
+    new = {"seed": 0, "dataset": {"name": "synthetic", "cache_dir": "/b"},
+           "trainer": {"schedule": {"iters": 4, "sync_bn": False}}, "al": {"rounds": 3}}
+    assert round0_differences(new, source) == []
+    assert round0_differences({**new, "seed": 2}, source) == ["seed"]
+    assert round0_differences({**new, "trainer": {"schedule": {"iters": 5, "sync_bn": False}}}, source) == \
+        ["trainer.schedule.iters"]
+
+
 def test_config_differences_accept_keys_added_since_the_run_started():
     """A run made before a config key existed resumes (the key holds its default: an override of it
     would name another folder); a changed or removed key is still refused."""

@@ -21,7 +21,7 @@ from alseg.files import DamagedFileError, atomic_write_bytes, check_zip, read_by
 # What round 0's labels and model depend on (config key prefixes).
 ROUND0_KEYS = ("seed", "dataset", "model", "cost", "al.initial", "al.initial_unit", "al.initial_strategy",
                "trainer.schedule", "trainer.transforms")
-IGNORED = ("trainer.schedule.num_workers",)
+IGNORED = ("trainer.schedule.num_workers", "dataset.cache_dir")  # where the data cache is does not change it
 COPIED = ("model.pt", "selection.json", "metrics.json")
 _ADVICE = "the source run's round 0 is damaged: redo it there, or choose another al.initial_run"
 
@@ -46,6 +46,14 @@ def _round0_part(config: dict) -> dict:
     return {k: v for k, v in flatten(config).items() if under(k, ROUND0_KEYS) and k not in IGNORED}
 
 
+def round0_differences(config: dict, source_config: dict) -> list[str]:
+    """Round-0 keys (ROUND0_KEYS, less IGNORED) whose values differ between ``config`` and the
+    source run's; a key the source's config lacks (added by a later alseg, with its default) is not
+    a difference, as on resume (``alseg.engine.loop.config_differences``)."""
+    known = set(flatten(source_config))
+    return [k for k in differing_keys(_round0_part(config), _round0_part(source_config)) if k in known]
+
+
 def _damaged(e: DamagedFileError) -> ConfigError:
     return ConfigError(f"al.initial_run: {e.path}: {e.problem}; {_ADVICE}")
 
@@ -61,7 +69,7 @@ def check_initial_run(source: str | Path, config: dict) -> InitialRound:
         raise ConfigError(f"al.initial_run: {e.path}: not a readable run state ({e.problem})") from None
     if state["round"] < 1 and state["phase"] not in ("trained", "evaluated"):
         raise ConfigError(f"al.initial_run: {src}: round 0 is not trained yet")
-    diffs = differing_keys(_round0_part(config), _round0_part(state["config"]))
+    diffs = round0_differences(config, state["config"])
     if diffs:
         raise ConfigError(f"al.initial_run: {src} made its round 0 with another config "
                           f"(differs at: {', '.join(diffs[:5])})")
