@@ -581,8 +581,11 @@ class ActiveLearningLoop:
         each rank's share goes through round_k/pool_inference/, merged on rank 0)."""
         if model is None:
             raise ConfigError("this strategy needs a trained model; it cannot be the initial strategy")
-        return infer_pool(model, data.train, image_ids, device=self.device, batch_size=int(self.cfg.eval.batch_size),
-                          progress=self.progress, shard_dir=self.round_dir(k) / "pool_inference")
+        start = time.perf_counter()
+        out = infer_pool(model, data.train, image_ids, device=self.device, batch_size=int(self.cfg.eval.batch_size),
+                         progress=self.progress, shard_dir=self.round_dir(k) / "pool_inference")
+        log.info("round %d: pool inference on %d images in %.1f s", k, len(image_ids), time.perf_counter() - start)
+        return out
 
     def _reference_model(self, data: DataSplits):
         """A model trained on the whole pool with full masks (for model-based pruning baselines),
