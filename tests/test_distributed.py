@@ -202,7 +202,12 @@ def test_pool_inference_and_evaluation_on_two_processes_equal_one(tmp_path, mode
 
     extra = [*CONDINST, "model.score_thresh=0.01"] if model.startswith("condinst") else [f"model={model}"]
     cfg = make_cfg(tmp_path, *extra)
-    single = _inference_case(cfg, None)  # also fills the data cache the workers read
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: the thread count changes float summation order
+    try:
+        single = _inference_case(cfg, None)  # also fills the data cache the workers read
+    finally:
+        torch.set_num_threads(threads)
     shard_dir = tmp_path / "shards"
     r0, r1 = run_on_two(tmp_path, "_inference_case", cfg, shard_dir)
     assert r1[0] is None and as_json(r0[1]) == as_json(r1[1])  # predictions on rank 0 only; metrics on both
