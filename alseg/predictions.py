@@ -16,7 +16,7 @@ sharded by image across them (each rank infers whole single-process batches) and
 
 from __future__ import annotations
 
-import contextlib
+import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -98,20 +98,55 @@ class PoolPredictions:
             out[name] = np.concatenate(arrays)
         return cls(**out)
 
-    def save(self, path: Path) -> None:
-        """To an .npz file (``load`` reads it back)."""
-        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("image_ids", "class_prob_layout")}
-        if arrays["pred_iou"] is None:
-            del arrays["pred_iou"]
-        np.savez(path, image_ids=np.asarray(self.image_ids, np.int64), class_prob_layout=np.asarray(self.class_prob_layout),
-                 **arrays)
+    _ARRAYS = ("image_index", "boxes", "scores", "labels", "class_probs", "mask_probs", "embeddings",
+               "image_embeddings", "pred_iou")
+
+    def save(self, folder: Path) -> None:
+        """To ``folder``: one .npy file per array (``load`` maps them back), the layout as text."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "image_ids.npy", np.asarray(self.image_ids, np.int64))
+        for name in self._ARRAYS:
+            if getattr(self, name) is not None:
+                np.save(folder / f"{name}.npy", getattr(self, name))
+        (folder / "class_prob_layout.txt").write_text(self.class_prob_layout)
 
     @classmethod
-    def load(cls, path: Path) -> "PoolPredictions":
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
-        return cls(image_ids=arrays.pop("image_ids").tolist(), class_prob_layout=str(arrays.pop("class_prob_layout")),
-                   pred_iou=arrays.pop("pred_iou", None), **arrays)
+    def load(cls, folder: Path) -> "PoolPredictions":
+        """What ``save`` wrote, each array memory-mapped copy-on-write (read from disk as it is
+        used; changes stay in memory), so that a COCO-sized pool is not held in memory."""
+        folder = Path(folder)
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="c") if (folder / f"{name}.npy").is_file() else None
+                  for name in cls._ARRAYS}
+        return cls(image_ids=np.load(folder / "image_ids.npy").tolist(),
+                   class_prob_layout=(folder / "class_prob_layout.txt").read_text(), **arrays)
+
+    @classmethod
+    def merge_saved(cls, folders: list[Path], out: Path) -> "PoolPredictions":
+        """The predictions saved in ``folders`` (disjoint image lists, in order) joined array by array
+        into ``out`` without loading any whole (``concatenate``'s result, memory-mapped)."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        parts = [cls.load(f) for f in folders]
+        np.save(out / "image_ids.npy", np.asarray([i for p in parts for i in p.image_ids], np.int64))
+        (out / "class_prob_layout.txt").write_text(parts[0].class_prob_layout)
+        offsets = np.cumsum([0] + [len(p.image_ids) for p in parts])
+        for name in cls._ARRAYS:
+            arrays = [getattr(p, name) for p in parts]
+            if arrays[0] is None:
+                continue
+            shaped = [a for a in arrays if a.size] or arrays[:1]
+            rows = sum(len(a) for a in shaped)
+            merged = np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=shaped[0].dtype,
+                                               shape=(rows, *shaped[0].shape[1:]))
+            row = 0
+            for a, offset in zip(arrays, offsets):
+                if a.size:
+                    merged[row:row + len(a)] = a + offset if name == "image_index" else a
+                    row += len(a)
+            merged.flush()
+            del merged
+        return cls.load(out)
 
 
 def shard_images(image_ids: list[int], batch_size: int) -> list[int]:
@@ -128,8 +163,10 @@ def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cp
 
     On N processes every rank must call it: each infers its share (``shard_images``), and rank 0
     returns the merged predictions, equal to the single-process ones; the other ranks return None.
-    The shares go through ``shard_dir`` (one .npz per rank, removed after the merge) so that no
-    collective carries them; without ``shard_dir`` they are gathered in memory."""
+    The shares go through ``shard_dir`` (a folder per rank, removed after the merge; the merged
+    arrays in ``shard_dir/merged``, memory-mapped, so that rank 0 does not hold a COCO-sized pool in
+    memory; the caller removes the folder when done); without ``shard_dir`` they are gathered in
+    memory."""
     if not distributed.together():
         return _infer_images(model, data, image_ids, device, batch_size, score_threshold, progress)
     part = distributed.agree(lambda: _infer_images(model, data, shard_images(image_ids, batch_size), device,
@@ -138,18 +175,16 @@ def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cp
         parts = distributed.gather_objects(part)
         return PoolPredictions.concatenate(parts) if parts is not None else None
     shard_dir = Path(shard_dir)
-    distributed.main_only(lambda: shard_dir.mkdir(parents=True, exist_ok=True))
-    distributed.agree(lambda: part.save(shard_dir / f"rank_{distributed.rank():03d}.npz"))
+    distributed.agree(lambda: part.save(shard_dir / f"rank_{distributed.rank():03d}"))
     return distributed.main_only(lambda: _merge_shards(shard_dir, distributed.world_size()))
 
 
 def _merge_shards(shard_dir: Path, ranks: int) -> PoolPredictions:
-    paths = [shard_dir / f"rank_{r:03d}.npz" for r in range(ranks)]
-    merged = PoolPredictions.concatenate([PoolPredictions.load(p) for p in paths])
-    for p in paths:
-        p.unlink()
-    with contextlib.suppress(OSError):  # kept when something else is in it
-        shard_dir.rmdir()
+    """The ranks' shares joined into ``shard_dir/merged`` (memory-mapped); the shares removed."""
+    folders = [shard_dir / f"rank_{r:03d}" for r in range(ranks)]
+    merged = PoolPredictions.merge_saved(folders, shard_dir / "merged")
+    for f in folders:
+        shutil.rmtree(f)
     return merged
 
 

@@ -113,8 +113,15 @@ def test_pool_predictions_concatenate_and_round_trip(tmp_path, pred_iou):
             image_embeddings=whole.image_embeddings[i], pred_iou=whole.pred_iou[r] if pred_iou else None))
     empty = _predictions(rng, [], [], pred_iou)
     assert _equal(PoolPredictions.concatenate([parts[0], empty, parts[1], parts[2]]), whole)
-    parts[1].save(tmp_path / "p.npz")
-    assert _equal(PoolPredictions.load(tmp_path / "p.npz"), parts[1])
+    parts[1].save(tmp_path / "p")
+    assert _equal(PoolPredictions.load(tmp_path / "p"), parts[1])
+    # Joined on disk, array by array (what rank 0 does with the ranks' shares), memory-mapped.
+    folders = []
+    for i, part in enumerate([parts[0], empty, parts[1], parts[2]]):
+        part.save(tmp_path / f"s{i}")
+        folders.append(tmp_path / f"s{i}")
+    merged = PoolPredictions.merge_saved(folders, tmp_path / "merged")
+    assert _equal(merged, whole) and isinstance(merged.mask_probs, np.memmap)
 
 
 # ------------------------------------------------------------------ 2 gloo processes
@@ -193,6 +200,8 @@ def _inference_case(cfg, shard_dir):
     model = build(cfg.model, "model", num_classes=data.train.num_classes).eval()
     ids = data.train.image_ids[:11]  # 11 images in batches of 2: 6 batches, rank 0 takes 3, rank 1 three
     pp = infer_pool(model, data.train, ids, batch_size=2, progress=False, shard_dir=shard_dir)
+    if pp is not None:  # memory-mapped arrays, copied to send them back
+        pp = PoolPredictions(**{f: (np.array(v) if isinstance(v, np.ndarray) else v) for f, v in vars(pp).items()})
     return pp, evaluate(model, data.val, batch_size=2, progress=False)
 
 
@@ -213,4 +222,4 @@ def test_pool_inference_and_evaluation_on_two_processes_equal_one(tmp_path, mode
     assert r1[0] is None and as_json(r0[1]) == as_json(r1[1])  # predictions on rank 0 only; metrics on both
     assert len(single[0]) > 0 and _equal(r0[0], single[0])
     assert single[1]["num_detections"] > 0 and as_json(r0[1]) == as_json(single[1])
-    assert not shard_dir.exists()  # the per-rank files are merged and removed
+    assert sorted(p.name for p in shard_dir.iterdir()) == ["merged"]  # the per-rank shares merged and removed

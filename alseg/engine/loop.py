@@ -29,6 +29,7 @@ import copy
 import logging
 import logging.handlers
 import re
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -555,6 +556,8 @@ class ActiveLearningLoop:
             seconds += sum(lab.seconds for lab in labels)
             ledger.add(labels, k)
         result = distributed.on_main(lambda: self._write_selection(k, strategy, budget, ctx, queries, seconds, ledger))
+        # The merged pool predictions of a run on N processes (memory-mapped; the mapping outlives the files).
+        distributed.main_only(lambda: shutil.rmtree(self.round_dir(k) / "pool_inference", ignore_errors=True))
         log.info("round %d: %s selected %d queries (%.0f s of annotation) in %.1f s", k, strategy.name, len(queries),
                  seconds, time.perf_counter() - start)
         return result
