@@ -20,7 +20,7 @@ from conftest import FAST
 
 pytestmark = pytest.mark.slow
 
-ARGS = [*(o for o in FAST if not o.startswith("al.rounds=")), "strategy=taudis", "al.rounds=1", "eval.batch_size=2"]
+ARGS = [*(o for o in FAST if not o.startswith("al.rounds=")), "al.rounds=1", "eval.batch_size=2"]
 
 
 def _env(tmp: Path) -> dict:
@@ -49,7 +49,7 @@ def tmp(tmp_path_factory) -> Path:
 
 
 def test_two_processes_write_one_run_folder_and_a_killed_run_resumes_to_the_same_records(tmp):
-    out = _torchrun(tmp, "run_name=whole")
+    out = _torchrun(tmp, "strategy=taudis", "run_name=whole")
     runs = tmp / "runs" / "default"
     assert sorted(p.name for p in runs.iterdir()) == ["whole"]  # every rank resolved the same folder
     whole = runs / "whole"
@@ -59,7 +59,7 @@ def test_two_processes_write_one_run_folder_and_a_killed_run_resumes_to_the_same
     assert "batch 2 (1 per process x 2 processes)" in (whole / "run.log").read_text()
     assert out.count("results: ") == 1  # rank 0 alone reports
 
-    proc = _torchrun(tmp, "run_name=killed", wait=False)
+    proc = _torchrun(tmp, "strategy=taudis", "run_name=killed", wait=False)
     state = runs / "killed" / "state.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -76,21 +76,24 @@ def test_two_processes_write_one_run_folder_and_a_killed_run_resumes_to_the_same
     assert json.loads(state.read_text())["round"] >= 1 and not (runs / "killed" / "results.jsonl").read_text().count(
         '"round": 1')
 
-    out = _torchrun(tmp, "run_name=killed")
+    out = _torchrun(tmp, "strategy=taudis", "run_name=killed")
     assert "resuming" in (runs / "killed" / "run.log").read_text()
     assert _records(runs / "killed") == _records(whole)
 
 
-def test_a_selection_on_two_processes_equals_the_single_process_one(tmp):
-    subprocess.run([sys.executable, "-m", "alseg", *ARGS, "run_name=single"], cwd=tmp, env=_env(tmp), check=True,
-                   stdout=subprocess.DEVNULL)
+@pytest.mark.parametrize("strategy", ["taudis", "coreset"])  # coreset reads pool and labeled predictions
+def test_a_selection_on_two_processes_equals_the_single_process_one(tmp, strategy):
+    single, again = f"single_{strategy}", f"again_{strategy}"
+    subprocess.run([sys.executable, "-m", "alseg", *ARGS, f"strategy={strategy}", f"run_name={single}"], cwd=tmp,
+                   env=_env(tmp), check=True, stdout=subprocess.DEVNULL)
     runs = tmp / "runs" / "default"
-    shutil.copytree(runs / "single", runs / "again")
-    shutil.rmtree(runs / "again" / "round_001")  # round 1 is redone from round 0's model, on 2 processes
-    _torchrun(tmp, "run_name=again")
-    selection = [json.loads((runs / name / "round_001" / "selection.json").read_text()) for name in ("single", "again")]
+    shutil.copytree(runs / single, runs / again)
+    shutil.rmtree(runs / again / "round_001")  # round 1 is redone from round 0's model, on 2 processes
+    _torchrun(tmp, f"strategy={strategy}", f"run_name={again}")
+    selection = [json.loads((runs / name / "round_001" / "selection.json").read_text()) for name in (single, again)]
     assert selection[0]["queries"] == selection[1]["queries"] and len(selection[0]["queries"]) == 4
     assert selection[0]["analysis"] == selection[1]["analysis"]
+    assert not (runs / again / "round_001" / "pool_inference").exists()
 
 
 @pytest.mark.parametrize("override, line", [
@@ -101,7 +104,7 @@ def test_a_selection_on_two_processes_equals_the_single_process_one(tmp):
     ("al.budget=0.5", "alseg: error: round 1: strategy 'taudis' selected nothing within the budget"),
 ])
 def test_a_bad_config_on_two_processes_is_one_line(tmp, override, line):
-    proc = _torchrun(tmp, f"run_name=bad_{override.split('=')[0]}", override, wait=False)
+    proc = _torchrun(tmp, "strategy=taudis", f"run_name=bad_{override.split('=')[0]}", override, wait=False)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     errors = [x for x in out.splitlines() if x.startswith("alseg: error")]

@@ -542,8 +542,8 @@ class ActiveLearningLoop:
                                    "reference_model": lambda: self._reference_model(data),
                                    "ensemble": lambda: self._ensemble(k - 1, data, ledger, model,
                                                                       getattr(strategy, "ensemble_size", 1)),
-                                   "pool_predictions": lambda: self._infer(k, model, data, unlabeled),
-                                   "labeled_predictions": lambda: self._infer(k, model, data, labeled),
+                                   "pool_predictions": lambda: self._infer(k, model, data, unlabeled, "unlabeled"),
+                                   "labeled_predictions": lambda: self._infer(k, model, data, labeled, "labeled"),
                                })
         if distributed.together():  # what the ranks compute together, before rank 0 selects alone
             for need in sorted(strategy.needs & COLLECTIVE_NEEDS):
@@ -579,14 +579,15 @@ class ActiveLearningLoop:
             "seconds": seconds, "analysis": result.analysis, "queries": [q.to_dict() for q in queries]})
         return result
 
-    def _infer(self, k: int, model, data: DataSplits, image_ids: list[int]):
+    def _infer(self, k: int, model, data: DataSplits, image_ids: list[int], which: str):
         """Pool predictions of ``model`` on ``image_ids`` for round k's selection (on N processes
-        each rank's share goes through round_k/pool_inference/, merged on rank 0)."""
+        each rank's share goes through round_k/pool_inference/<which>/, merged there on rank 0 and
+        memory-mapped: one folder per set, as both may be in use at once)."""
         if model is None:
             raise ConfigError("this strategy needs a trained model; it cannot be the initial strategy")
         start = time.perf_counter()
         out = infer_pool(model, data.train, image_ids, device=self.device, batch_size=int(self.cfg.eval.batch_size),
-                         progress=self.progress, shard_dir=self.round_dir(k) / "pool_inference")
+                         progress=self.progress, shard_dir=self.round_dir(k) / "pool_inference" / which)
         log.info("round %d: pool inference on %d images in %.1f s", k, len(image_ids), time.perf_counter() - start)
         return out
 
