@@ -98,7 +98,9 @@ def test_bad_data_input(tmp_path, existing_run, case, fragments):
 
 @pytest.mark.parametrize(
     "override, fragment",
-    [("al.policy=sometimes", "al.policy"), ("al.budget=-3", "budget amount"), ("model.norm=weird", "model.norm")],
+    [("al.policy=sometimes", "al.policy"), ("al.budget=-3", "budget amount"), ("model.norm=weird", "model.norm"),
+     ("distributed.timeout_minutes=soon", "distributed.timeout_minutes must be a number of minutes > 0, got 'soon'"),
+     ("trainer.schedule.sync_bn=maybe", "trainer.schedule.sync_bn must be true or false")],
 )
 def test_bad_config_values(tmp_path, override, fragment):
     res = _alseg(tmp_path, override)

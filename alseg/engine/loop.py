@@ -121,6 +121,10 @@ class ActiveLearningLoop:
             raise ConfigError(f"trainer.log_every must be an integer >= 1, got {self.log_every!r}")
         self.transforms = build_transforms(OmegaConf.to_container(cfg.trainer.transforms))
         self.budget = Budget(float(al.budget), str(al.budget_unit))
+        timeout = (cfg.get("distributed") or {}).get("timeout_minutes", 60)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise ConfigError(f"distributed.timeout_minutes must be a number of minutes > 0, got {timeout!r}")
+        self.dist_timeout = float(timeout)
         self._initial_model = None  # built once by _build_model; every model starts as a copy of it
         self._num_classes = 0  # of the dataset, set by run()
 
@@ -391,8 +395,7 @@ class ActiveLearningLoop:
         """Run (or resume) every round; returns the round records. What is logged before the run
         folder may be written (data checks: dropped images, skipped annotations, EXIF warnings) is
         held in memory and goes to run.log once it is opened."""
-        timeout = (self.cfg.get("distributed") or {}).get("timeout_minutes", 60)
-        with distributed.process_group(self.device, timeout) as device:
+        with distributed.process_group(self.device, self.dist_timeout) as device:
             self.device = device
             early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
             logging.getLogger().addHandler(early)
