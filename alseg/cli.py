@@ -96,11 +96,16 @@ def _hydra_errors_in_one_line(hydra_main):
     return wrapper
 
 
+def _rank() -> str:
+    """This process's rank in a run on N processes (torchrun's RANK; "0" on one process)."""
+    return os.environ.get("RANK", "0")
+
+
 def _fail(message: str, shared: bool = False) -> None:
     """The one-line error of a user-input problem on stderr, exit code 2. In a run on N processes
     an error every rank raised (``alseg.distributed.is_shared``) is printed by rank 0 alone, and
     one a single rank met names it."""
-    rank = os.environ.get("RANK", "0")
+    rank = _rank()
     if rank != "0" and shared:
         sys.exit(2)
     where = f" (rank {rank})" if rank != "0" else ""
@@ -144,7 +149,7 @@ def _interrupted(e: KeyboardInterrupt, run_dir: Path) -> int:
     for bar in list(getattr(tqdm, "_instances", ())):  # bars the unwinding left open (leave=False: erased)
         bar.close()
     sys.stdout.flush()
-    if os.environ.get("RANK", "0") == "0":  # a run on N processes: every one was stopped; rank 0 says so
+    if _rank() == "0":  # a run on N processes: every one was stopped; rank 0 says so
         print(f"\nalseg: interrupted ({name}); {advice}", file=sys.stderr, flush=True)
     return interrupts.exit_code_of(e)
 
@@ -175,7 +180,7 @@ def main(cfg: DictConfig) -> float | None:
             os._exit(code)
         sys.exit(code)
     last = records[-1] if records else {}
-    if os.environ.get("RANK", "0") == "0":
+    if _rank() == "0":
         log.info("results: %s  plot: %s", run_dir / "results.jsonl", run_dir / "ap_vs_hours.png")
     return last.get("mask_AP")
 

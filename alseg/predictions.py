@@ -17,7 +17,7 @@ sharded by image across them (each rank infers whole single-process batches) and
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,22 +82,6 @@ class PoolPredictions:
     def __len__(self) -> int:
         return len(self.scores)
 
-    @classmethod
-    def concatenate(cls, parts: list["PoolPredictions"]) -> "PoolPredictions":
-        """The predictions of disjoint image lists, in the order of ``parts`` (rows and images
-        appended; ``image_index`` shifted to the joined ``image_ids``)."""
-        parts = [p for p in parts if len(p.image_ids)] or parts[:1]
-        offsets = np.cumsum([0] + [len(p.image_ids) for p in parts])
-        joined = {f.name: [getattr(p, f.name) for p in parts] for f in fields(cls)}
-        out = {"image_ids": [i for ids in joined["image_ids"] for i in ids],
-               "image_index": np.concatenate([p.image_index + o for p, o in zip(parts, offsets)]),
-               "class_prob_layout": parts[0].class_prob_layout,
-               "pred_iou": None if parts[0].pred_iou is None else np.concatenate(joined["pred_iou"])}
-        for name in ("boxes", "scores", "labels", "class_probs", "mask_probs", "embeddings", "image_embeddings"):
-            arrays = [a for a in joined[name] if a.size] or joined[name][:1]
-            out[name] = np.concatenate(arrays)
-        return cls(**out)
-
     _ARRAYS = ("image_index", "boxes", "scores", "labels", "class_probs", "mask_probs", "embeddings",
                "image_embeddings", "pred_iou")
 
@@ -124,7 +108,8 @@ class PoolPredictions:
     @classmethod
     def merge_saved(cls, folders: list[Path], out: Path) -> "PoolPredictions":
         """The predictions saved in ``folders`` (disjoint image lists, in order) joined array by array
-        into ``out`` without loading any whole (``concatenate``'s result, memory-mapped)."""
+        into ``out`` without loading any whole (rows and images appended, ``image_index`` shifted to the
+        joined ``image_ids``), memory-mapped."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         parts = [cls.load(f) for f in folders]
@@ -165,15 +150,13 @@ def infer_pool(model, data: CocoDataset, image_ids: list[int], device: str = "cp
     returns the merged predictions, equal to the single-process ones; the other ranks return None.
     The shares go through ``shard_dir`` (a folder per rank, removed after the merge; the merged
     arrays in ``shard_dir/merged``, memory-mapped, so that rank 0 does not hold a COCO-sized pool in
-    memory; the caller removes the folder when done); without ``shard_dir`` they are gathered in
-    memory."""
+    memory; the caller removes the folder when done). ValueError without ``shard_dir`` there."""
     if not distributed.together():
         return _infer_images(model, data, image_ids, device, batch_size, score_threshold, progress)
     part = distributed.agree(lambda: _infer_images(model, data, shard_images(image_ids, batch_size), device,
                                                     batch_size, score_threshold, progress and distributed.is_main()))
     if shard_dir is None:
-        parts = distributed.gather_objects(part)
-        return PoolPredictions.concatenate(parts) if parts is not None else None
+        raise ValueError("infer_pool on several processes needs a shard_dir for the ranks' shares")
     shard_dir = Path(shard_dir)
     distributed.agree(lambda: part.save(shard_dir / f"rank_{distributed.rank():03d}"))
     return distributed.main_only(lambda: _merge_shards(shard_dir, distributed.world_size()))

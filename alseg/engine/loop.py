@@ -52,7 +52,8 @@ from alseg.engine.evaluate import evaluate
 from alseg.engine.initial_run import InitialRound, check_initial_run, copy_initial_round
 from alseg.engine.state import (PHASES, STATE_VERSION, SelectResult, TrainResult,  # noqa: F401  (PHASES re-exported)
                                 differing_keys, flatten, read_state, under)
-from alseg.engine.trainer import LogProgressHook, LossAverageHook, ProgressHook, Trainer, TrainerConfig
+from alseg.engine.trainer import (LogProgressHook, LossAverageHook, ProgressHook, Trainer, TrainerConfig,
+                                  check_processes)
 from alseg.errors import ConfigError, DataError
 from alseg.files import (DamagedFileError, atomic_torch_save, atomic_write_json, atomic_write_text,
                          check_zip, load_model_state, make_dirs, missing_as_none, write_error)
@@ -165,16 +166,8 @@ class ActiveLearningLoop:
 
     def _check_processes(self) -> None:
         """What a run on N processes asks of the schedule (ConfigError before anything is written)."""
-        n = distributed.working_ranks()
-        if n == 1:
-            return
         for cfg, where in ((self.train_cfg, "trainer.schedule"), (self.finetune_cfg, "trainer.finetune")):
-            if cfg.batch_size % n:
-                raise ConfigError(f"{where}.batch_size ({cfg.batch_size}) must be a multiple of the number of "
-                                  f"processes ({n}): it is the total batch, split evenly across them")
-            if cfg.sync_bn and not self.device.startswith("cuda"):
-                raise ConfigError(f"{where}.sync_bn: SyncBatchNorm needs CUDA (one GPU per process); set it to false "
-                                  f"for a run on CPU processes")
+            check_processes(cfg, distributed.working_ranks(), torch.device(self.device).type, where)
 
     def _strategy(self, node, what: str) -> Strategy:
         s = build(node, what)

@@ -111,6 +111,17 @@ def _check_fields(fields: dict, where: str) -> None:
                           f"choose from {sorted(TrainerConfig.__dataclass_fields__)}")
 
 
+def check_processes(cfg: TrainerConfig, ranks: int, device_type: str, where: str = "trainer.schedule") -> None:
+    """What training on ``ranks`` processes asks of a schedule (ConfigError naming ``where``): a
+    total batch the processes divide, and SyncBatchNorm only on CUDA."""
+    if cfg.batch_size % ranks:
+        raise ConfigError(f"{where}.batch_size ({cfg.batch_size}) must be a multiple of the number of processes "
+                          f"({ranks}): it is the total batch, split evenly across them")
+    if ranks > 1 and cfg.sync_bn and device_type != "cuda":
+        raise ConfigError(f"{where}.sync_bn: SyncBatchNorm needs CUDA (one GPU per process); set it to false for a "
+                          f"run on CPU processes")
+
+
 class InfiniteSampler(Sampler):
     """Shuffled passes over the dataset, forever; yields (index, draw) so that augmentations are a
     function of the seed and the draw number only.
@@ -120,8 +131,7 @@ class InfiniteSampler(Sampler):
 
     def __init__(self, n: int, seed: int, rank: int = 0, ranks: int = 1, batch_size: int = 1):
         if batch_size % ranks:
-            raise ConfigError(f"trainer.schedule.batch_size ({batch_size}) must be a multiple of the number of "
-                              f"processes ({ranks}): it is the total batch, split evenly across them")
+            raise ValueError(f"batch_size ({batch_size}) must be a multiple of the number of processes ({ranks})")
         self.n, self.seed = n, seed
         self.rank, self.ranks, self.batch_size = rank, ranks, batch_size
         self.per_rank = batch_size // ranks
@@ -232,6 +242,7 @@ class Trainer:
         self.model, self.dataset, self.cfg, self.device = model, dataset, cfg, torch.device(device)
         self.hooks = list(hooks)
         ranks = distributed.working_ranks()
+        check_processes(cfg, ranks, self.device.type)
         sampler = InfiniteSampler(len(dataset), seed, distributed.rank() if ranks > 1 else 0, ranks,
                                   cfg.batch_size)
         self.module = self._wrap(model, cfg) if ranks > 1 else model  # what the step calls
@@ -257,9 +268,7 @@ class Trainer:
         may leave parameters unused (a mask-IoU head fitted separately; the mask branch of a batch
         with only boxes, under point supervision) gets find_unused_parameters (one more pass over
         the autograd graph per step); the others do not need it."""
-        if cfg.sync_bn:
-            if self.device.type != "cuda":
-                raise ConfigError("trainer.schedule.sync_bn: SyncBatchNorm needs CUDA; set it to false on CPU")
+        if cfg.sync_bn:  # CUDA only: check_processes
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         unused = bool(set(getattr(model, "capabilities", ())) & {MASK_IOU_HEAD, POINT_SUPERVISION})
