@@ -383,3 +383,67 @@ def test_case08_uncompressed_rle_with_wrong_counts(tmp_path, split, bad_id):
     assert bad_id not in {i.ann_id for r in d.images for i in r.instances}
     assert bad_id not in d.coco_gt.getAnnIds()
     assert score_dataset(json.loads(path.read_text()), workers=1).problems == {"invalid_rle": 1}
+
+
+def _both_ways(annotations: list, sizes, cats):
+    """check() of the annotations parsed as dicts and as TypedAnnotation (None: the typed decoder
+    refuses them, so they are always checked as dicts)."""
+    import msgspec
+
+    text = json.dumps(annotations).encode()
+    try:
+        typed = V.TYPED_ANNOTATIONS.decode(text)
+    except msgspec.DecodeError:
+        return None
+    dicts = json.loads(text)
+    a = V.AnnotationChecker(sizes, cats).check(dicts, 0, len(dicts), geometry=True, crowd_geometry=False)
+    b = V.AnnotationChecker(sizes, cats).check(typed, 0, len(typed), geometry=True, crowd_geometry=False)
+    return a, b
+
+
+def _assert_same_check(a, b):
+    for f in ("status", "ann_id", "image_id", "category_id", "crowd", "poly_local", "coords", "part_ptr", "inst_ptr", "hw"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and np.array_equal(x, y), f
+    assert [(k, dict(s), h, w) for k, s, h, w in a.rles] == [(k, dict(s), h, w) for k, s, h, w in b.rles]
+
+
+@pytest.mark.parametrize("name, bad, reason, words", CASES + REFERENCE_CASES, ids=IDS + [c[0] for c in REFERENCE_CASES])
+def test_typed_annotations_check_as_dicts_do(name, bad, reason, words):
+    """The typed fast path (alseg-prune's workers) gives every case the statuses, ids and geometry
+    the dict path gives; cases the typed decoder refuses take the dict path."""
+    sizes = {1: (H, W), 2: (H, W), 3: None}
+    both = _both_ways([ann(1), bad, ann(3, image_id=2, iscrowd=1, seg=uncompressed(BLOB))], sizes, {1, 2})
+    if both is not None:
+        a, b = both
+        _assert_same_check(a, b)
+        assert V.REASONS[a.status[1]] == reason
+
+
+def test_typed_annotations_mixed_chunk():
+    """All the cases the typed decoder takes, in one chunk, plus repeated ids and an image without
+    a size: the same check as dicts; most cases do take the typed path."""
+    import msgspec
+
+    taken, anns = 0, [ann(1)]
+    for i, (_, bad, _, _) in enumerate(CASES + REFERENCE_CASES):
+        try:
+            V.TYPED_ANNOTATIONS.decode(json.dumps([bad]).encode())
+        except msgspec.DecodeError:
+            continue
+        taken += 1
+        anns.append({**bad, "id": 100 + i})
+    anns += [ann(1), ann(7, image_id=3), ann(8, seg=[[0.5, 1, 30.25, 2, 20, 40.75], square(), [1, 2]])]
+    assert taken >= 25
+    a, b = _both_ways(anns, {1: (H, W), 2: (H, W), 3: None}, {1, 2})
+    _assert_same_check(a, b)
+    assert V.REASONS[a.status[-3]] == "duplicate_annotation_id" and V.REASONS[a.status[-2]] == "invalid_image_size"
+
+
+def test_typed_decoder_refuses_what_only_the_dict_path_can_say():
+    import msgspec
+
+    for bad in (ann(True), ann(iscrowd=True), ann(image_id=1.0), ann(seg="polygon"), without(ann(), "bbox"),
+                ann(seg=[[10, 10, "a", 20, 20, 20]]), "just text", ann(area="big")):
+        with pytest.raises(msgspec.DecodeError):
+            V.TYPED_ANNOTATIONS.decode(json.dumps([ann(1), bad]).encode())

@@ -28,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -120,14 +121,18 @@ def _fmt(v: float) -> str:
 
 
 def write_image_scores(path: Path, result: ScoreResult, kept: set[int]) -> None:
-    ranked = rank_images(result)
-    score = result.image_score_map()
+    """``image_id,score,kept,rank`` per image, best first (``rank_images``); an image without a
+    score has an empty score field."""
+    ids, scores = result.image_ids, result.image_scores
+    order = np.lexsort((ids, -np.where(np.isnan(scores), -np.inf, scores)))  # rank_images' order
+    ids, scores = ids[order].tolist(), scores[order].tolist()
+    is_kept = np.isin(ids, np.fromiter(kept, np.int64, len(kept))).astype(np.int8).tolist()
+    fmt = "{:.10g}".format
 
     def write(f):
-        w = csv.writer(f)
-        w.writerow(["image_id", "score", "kept", "rank"])
-        for rank, iid in enumerate(ranked, 1):
-            w.writerow([iid, _fmt(score[iid]), int(iid in kept), rank])
+        f.write("image_id,score,kept,rank\r\n")  # csv.writer's line ending, as before
+        f.writelines([f"{i},{'' if s != s else fmt(s)},{k},{r}\r\n"
+                      for r, (i, s, k) in enumerate(zip(ids, scores, is_kept), 1)])
 
     _atomic_write(path, write)
 
@@ -246,10 +251,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             pruned = prune_coco(data, kept_set)
             pieces, n_images, n_anns = [dump_json(pruned, loaded.strict)], len(pruned["images"]), len(pruned["annotations"])
-        _atomic_write(out, lambda f: f.writelines(pieces), binary=True)
-        write_image_scores(scores_csv, result, kept_set)
-        if args.instance_scores:
-            write_instance_scores(Path(args.instance_scores), result)
+        # the pruned file is written (mostly kernel time, without the GIL) while the CSVs are formatted
+        with ThreadPoolExecutor(1) as pool:
+            pruned_written = pool.submit(_atomic_write, out, lambda f: f.writelines(pieces), binary=True)
+            write_image_scores(scores_csv, result, kept_set)
+            if args.instance_scores:
+                write_instance_scores(Path(args.instance_scores), result)
+            pruned_written.result()
         if plots:
             from alseg.tfdp.plots import plot_kept_vs_pruned, plot_score_distribution
 

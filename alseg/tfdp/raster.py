@@ -170,12 +170,12 @@ def past_one(xs: float, s: float, c: float, t: float) -> bool:
     return bool(u >= c + 1.0) if s > 0 else bool(u <= c)
 
 
-CLASS_BITS = 2  # 2 ** CLASS_BITS canvas widths per octave
+CLASS_BITS = 3  # 2 ** CLASS_BITS canvas widths per octave (at most 12.5 % padding, 3.4 % on COCO)
 
 
 def width_class(ch: np.ndarray) -> np.ndarray:
     """Row length of the canvas that holds a crop of height ``ch`` (its columns are canvas rows):
-    ``ch`` rounded up to 4 classes per octave (at most 25 % padding), to share canvases."""
+    ``ch`` rounded up to 2 ** CLASS_BITS classes per octave, to share canvases."""
     ch = np.maximum(ch, 1)
     step = np.left_shift(1, np.maximum(0, np.floor(np.log2(ch)).astype(np.int64) - CLASS_BITS))
     return -(-ch // step) * step

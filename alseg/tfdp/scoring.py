@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import cv2
+import msgspec
 import numpy as np
 from pycocotools import _mask
 
@@ -92,6 +93,7 @@ from alseg.data.validation import (  # noqa: F401  (status codes re-exported for
     RLE_SIZE_MISMATCH,
     UNKNOWN_CATEGORY,
     UNKNOWN_IMAGE,
+    TYPED_ANNOTATIONS,
     ZERO_AREA,
     AnnotationChecker,
     image_size,
@@ -522,12 +524,16 @@ def _init_raw_worker(sizes: Mapping, category_ids: set | None) -> None:
 
 
 def _score_raw_chunk(start: int, payload: bytes, contour: str, context: Mapping | None = None) -> tuple:
-    """Parse (``jsonio.decode_json``), validate (``AnnotationChecker``, as ``_build_chunks`` does) and
+    """Parse (``TYPED_ANNOTATIONS``; where some annotation does not fit it, ``jsonio.decode_json``),
+    validate (``AnnotationChecker``, as ``_build_chunks`` does) and
     score annotations ``start ..`` given as one JSON array; runs in a worker process. Returns the
     per-annotation arrays, the CPU time it took and the process's peak RSS."""
     cpu0 = time.process_time()
     ctx = context if context is not None else _RAW_CONTEXT
-    anns = decode_json(payload)
+    try:
+        anns = TYPED_ANNOTATIONS.decode(payload)  # types checked while parsing: the common case, faster
+    except msgspec.DecodeError:
+        anns = decode_json(payload)
     c = AnnotationChecker(ctx["sizes"], ctx["cats"]).check(anns, 0, len(anns), geometry=True, crowd_geometry=False)
     # the image id as pruning reads it: the checker's where it read the ids, else looked up
     prune_ok = c.status != INVALID_ANNOTATION
