@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Container, Iterator, Literal, Mapping, Sequence, Union
+from typing import Any, Container, Iterator, Literal, Mapping, NamedTuple, Sequence, Union
 
 import msgspec
 import numpy as np
@@ -432,6 +432,33 @@ def _area_ok(area: Any) -> bool:
         return False
 
 
+class _Geometry(NamedTuple):
+    """The lists the per-annotation pass fills for the geometry checks: polygon coordinates (as
+    given), part and instance offsets, the chunk-local index and image (height, width) of each
+    polygon annotation, and the RLE items (chunk-local index, RLE dict, height, width)."""
+
+    coords: list
+    part_ptr: list
+    inst_ptr: list
+    poly_k: list
+    poly_hw: list
+    rle_items: list
+
+    @classmethod
+    def empty(cls) -> "_Geometry":
+        return cls([], [0], [0], [], [], [])
+
+    def add_polygon(self, k: int, seg: list, size: tuple[int, int]) -> int:
+        """Annotation ``k``'s polygon list (``_add_polygon``); kept with its image size unless it
+        is DEGENERATE_POLYGON or INVALID_SEGMENTATION. Returns its status."""
+        code = _add_polygon(seg, self.coords, self.part_ptr)
+        if code == OK or code == DEGENERATE_PART:
+            self.poly_k.append(k)
+            self.inst_ptr.append(len(self.part_ptr) - 1)
+            self.poly_hw.append(size)
+        return code
+
+
 class AnnotationChecker:
     """Checks annotations chunk by chunk against a file's images and categories.
 
@@ -457,7 +484,7 @@ class AnnotationChecker:
             scan = self._scan_typed(chunk, start)
         else:
             scan = self._scan(chunk, start, why)
-        st, aid_l, iid_l, cid_l, crowd_l, coords, part_ptr, inst_ptr, poly_k, poly_hw, rle_items, boxes, areas = scan
+        st, aid_l, iid_l, cid_l, crowd_l, (coords, part_ptr, inst_ptr, poly_k, poly_hw, rle_items), boxes, areas = scan
         status = np.asarray(st, dtype=np.int8)
         crowd_arr = np.asarray(crowd_l, dtype=bool)
         self._check_boxes(boxes, areas, status, why)
@@ -492,12 +519,8 @@ class AnnotationChecker:
         iid_l = [-1] * m
         cid_l = [-1] * m
         crowd_l = [False] * m
-        coords: list = []
-        part_ptr = [0]
-        inst_ptr = [0]
-        poly_k: list[int] = []
-        poly_hw: list[tuple[int, int]] = []
-        rle_items: list = []
+        geo = _Geometry.empty()
+        rle_items = geo.rle_items
         # bbox and area of every annotation, checked with numpy after the loop (placeholders for
         # annotations that failed an earlier check, whose status is already set).
         boxes: list = []
@@ -562,11 +585,7 @@ class AnnotationChecker:
                 continue
             seg = ann.get("segmentation")
             if type(seg) is list:
-                code = _add_polygon(seg, coords, part_ptr)
-                if code == OK or code == DEGENERATE_PART:
-                    poly_k.append(k)
-                    inst_ptr.append(len(part_ptr) - 1)
-                    poly_hw.append(size)
+                code = geo.add_polygon(k, seg, size)
                 if code != OK:
                     st[k] = code
                     if why is not None:
@@ -584,7 +603,7 @@ class AnnotationChecker:
             st[k] = code
             if why is not None:
                 why[k] = text
-        return st, aid_l, iid_l, cid_l, crowd_l, coords, part_ptr, inst_ptr, poly_k, poly_hw, rle_items, boxes, areas
+        return st, aid_l, iid_l, cid_l, crowd_l, geo, boxes, areas
 
     def _scan_typed(self, chunk: Sequence, start: int) -> tuple:
         """``_scan`` of annotations whose types the decoder checked (``TypedAnnotation``): every id
@@ -597,12 +616,8 @@ class AnnotationChecker:
         crowd_l = [a.iscrowd == 1 for a in chunk]
         boxes = [a.bbox for a in chunk]
         areas = [a.area for a in chunk]
-        coords: list = []
-        part_ptr = [0]
-        inst_ptr = [0]
-        poly_k: list[int] = []
-        poly_hw: list[tuple[int, int]] = []
-        rle_items: list = []
+        geo = _Geometry.empty()
+        rle_items = geo.rle_items
         sizes, cats, seen = self.sizes, self.category_ids, self.seen
         for k in range(m):
             aid = aid_l[k]
@@ -620,18 +635,14 @@ class AnnotationChecker:
                 continue
             seg = chunk[k].segmentation
             if type(seg) is list:
-                code = _add_polygon(seg, coords, part_ptr)
-                if code == OK or code == DEGENERATE_PART:
-                    poly_k.append(k)
-                    inst_ptr.append(len(part_ptr) - 1)
-                    poly_hw.append(size)
+                code = geo.add_polygon(k, seg, size)
             else:
                 code, _ = _rle_header(seg.counts, seg.size, size)
                 if code == OK:
                     rle_items.append((k, {"counts": seg.counts, "size": seg.size}, size[0], size[1]))
             if code != OK:
                 st[k] = code
-        return st, aid_l, iid_l, cid_l, crowd_l, coords, part_ptr, inst_ptr, poly_k, poly_hw, rle_items, boxes, areas
+        return st, aid_l, iid_l, cid_l, crowd_l, geo, boxes, areas
 
     @staticmethod
     def _check_boxes(boxes, areas, status, why):
