@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from alseg import cluster, interrupts
 from alseg.distributed import is_shared
 from alseg.errors import AlsegError
-from alseg.run_naming import legacy_run_name, run_name
+from alseg.run_naming import legacy_run_name, previous_run_name, run_name
 
 log = logging.getLogger("alseg")
 
@@ -38,10 +38,14 @@ def run_dir_of(cfg: DictConfig) -> Path:
         return parent / str(cfg.run_name).replace("/", "_")
     task = list(HydraConfig.get().overrides.task)
     run_dir = parent / run_name(task, experiment_names_folder=str(cfg.experiment_name) != "default")
-    legacy = parent / legacy_run_name(task)
-    if legacy != run_dir and not (run_dir / "state.json").exists() and (legacy / "state.json").is_file():
-        log.info("using %s, the folder an older alseg made for this command (its name today: %s)", legacy, run_dir)
-        return legacy
+    if (run_dir / "state.json").exists():
+        return run_dir
+    for older in (previous_run_name(task, experiment_names_folder=str(cfg.experiment_name) != "default"),
+                  legacy_run_name(task)):
+        if parent / older != run_dir and (parent / older / "state.json").is_file():
+            log.info("using %s, the folder an older alseg made for this command (its name today: %s)",
+                     parent / older, run_dir)
+            return parent / older
     return run_dir
 
 

@@ -14,8 +14,11 @@ can be typed as is: letters, digits and ``_ . - + @`` only (Hydra refuses ``=``,
 quotes and ``~`` unquoted; ``:`` and ``|``, ``*``, ``?``, ``%``, ``$`` are avoided for file systems
 and shells). Values with other characters (paths, lists, ...) are written readably (``/`` and
 ``,`` as ``_``, brackets dropped) and the name ends in ``+`` and 10 hex digits of a SHA-1 of the
-exact overrides, which keeps names distinct; so does a name longer than 120 characters, cut to fit
-(at an item boundary when one fits).
+exact overrides, which keeps names distinct; so does a name longer than 120 characters, cut to fit:
+its longest item shortened when that is enough (``al.initial_run=runs/<exp>/<a long name>`` beside
+``strategy=`` and ``seed=``: those stay readable), else whole items from the first (the first item
+cut when even it does not fit). Folders named by the earlier rule (every over-long name cut at an
+item boundary) are found by ``previous_run_name``.
 Without a hash, a name reads back to its overrides (keys hold no ``-``, and nothing holds ``+``).
 
 Run folders made by alseg before this naming (``key=value`` joined by ``,``) are found by
@@ -42,6 +45,7 @@ PARENT_KEYS = ("experiment_name", "experiment")
 KV_SEP, ITEM_SEP = "-", "+"
 MAX_LEN = 120  # file systems allow 255 bytes; a name stays readable in a listing
 HASH_LEN = 10
+MIN_ITEM = 24  # an over-long name's longest item is cut to no less than this (then whole items are dropped)
 _KEY_CHARS = re.compile(r"[^A-Za-z0-9_.@]")
 _VALUE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
 _DROPPED = re.compile(r"[\[\]{}()'\"]")
@@ -91,7 +95,30 @@ def _last_per_key(overrides: Sequence[str]) -> dict[str, Override]:
     return out
 
 
-def run_name(overrides: Sequence[str], experiment_names_folder: bool = True) -> str:
+def _fit(items: list[str], room: int, longest_first: bool) -> str:
+    """``items`` joined within ``room`` characters. ``longest_first``: when shortening the longest
+    item alone (to no less than MIN_ITEM characters) is enough, only it is cut, so that e.g. the
+    strategy and seed beside a long ``al.initial_run`` path stay whole; otherwise whole items from
+    the first (the first one cut when even it does not fit)."""
+    name = ITEM_SEP.join(items)
+    excess = len(name) - room
+    if excess <= 0:
+        return name
+    if longest_first:
+        i = max(range(len(items)), key=lambda j: len(items[j]))
+        if len(items[i]) - excess >= MIN_ITEM:
+            return ITEM_SEP.join(items[:i] + [items[i][:len(items[i]) - excess]] + items[i + 1:])
+    cut = name.rfind(ITEM_SEP, 0, room + 1)
+    return name[:cut] if cut > 0 else name[:room]
+
+
+def previous_run_name(overrides: Sequence[str], experiment_names_folder: bool = True) -> str:
+    """The name alseg gave a command before long items were cut first (``run_name`` cut every
+    over-long name at an item boundary): it differs only for names over MAX_LEN characters."""
+    return run_name(overrides, experiment_names_folder, _longest_first=False)
+
+
+def run_name(overrides: Sequence[str], experiment_names_folder: bool = True, _longest_first: bool = True) -> str:
     """The run folder's name for a command's overrides (Hydra's ``overrides.task`` list: strings as
     typed, one value each). ``experiment_names_folder``: whether the experiment chose the folder
     above (experiment_name not "default"); if not, ``experiment=X`` stays in the name so that two
@@ -119,11 +146,7 @@ def run_name(overrides: Sequence[str], experiment_names_folder: bool = True) -> 
     name = ITEM_SEP.join(items)
     if hashed or len(name) > MAX_LEN:
         digest = hashlib.sha1("\n".join(exact).encode()).hexdigest()[:HASH_LEN]
-        room = MAX_LEN - HASH_LEN - 1
-        if len(name) > room:  # whole items if one fits, else the first item cut
-            cut = name.rfind(ITEM_SEP, 0, room + 1)
-            name = name[:cut] if cut > 0 else name[:room]
-        name = name + ITEM_SEP + digest
+        name = _fit(items, MAX_LEN - HASH_LEN - 1, _longest_first) + ITEM_SEP + digest
     return name
 
 

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from alseg.cli import CONFIG_DIR, run_dir_of
-from alseg.run_naming import LEGACY_EXCLUDE, MAX_LEN, RESUMABLE_CHANGES, legacy_run_name, run_name
+from alseg.run_naming import LEGACY_EXCLUDE, MAX_LEN, RESUMABLE_CHANGES, legacy_run_name, previous_run_name, run_name
 
 from conftest import FAST
 from test_cli import _alseg
@@ -116,6 +116,24 @@ def test_long_names_are_cut_at_an_item_and_hashed():
     assert readable.startswith("al.budget-4+al.initial-4+dataset.image_size-64")
 
 
+SHARED_M0 = ["experiment=taudis_synthetic", "al.policy=finetune", "seed=0",
+             "al.initial_run=runs/taudis_synthetic/al.policy-finetune+seed-0+strategy-random+long_round0_name"]
+
+
+def test_a_long_item_is_cut_first_and_the_others_stay_whole():
+    """A sweep from a shared round 0: the long al.initial_run path is shortened, the strategy and
+    the seed stay in every name (the earlier rule cut them off: previous_run_name)."""
+    names = {st: run_name([*SHARED_M0, f"strategy={st}"]) for st in ("taudis", "wse", "round_robin")}
+    for st, name in names.items():
+        assert len(name) <= MAX_LEN and SAFE_NAME.match(name), name
+        assert f"+strategy-{st}+" in name and "+seed-0+" in name and "+al.policy-finetune+" in name
+        assert name.startswith("al.initial_run-runs_taudis_synthetic_")
+        old = previous_run_name([*SHARED_M0, f"strategy={st}"])
+        assert "strategy-" + st not in old and old.endswith(name[-10:])
+    assert run_name(FAST) == previous_run_name(FAST)  # many short items: whole items, as before
+    assert run_name(["seed=1"]) == previous_run_name(["seed=1"]) == "seed-1"
+
+
 def test_legacy_names_are_those_hydra_made():
     # hydra.job.override_dirname as configured before: excluded keys, "=", ",", sorted, "/" as "_".
     assert legacy_run_name(["seed=1", "al.rounds=5", "device=cpu"]) == "al.rounds=5,seed=1"
@@ -151,6 +169,19 @@ def test_run_dir_of_uses_a_legacy_folder_only_when_it_holds_a_run(tmp_path):
     (exp / "seed-1" / "state.json").write_text("{}")
     assert _run_dir(tmp_path, *overrides) == exp / "seed-1"  # the new name's run wins
     assert _run_dir(tmp_path, *overrides, "run_name=a/b") == exp / "a_b"
+
+
+def test_run_dir_of_finds_a_folder_named_by_the_previous_rule(tmp_path):
+    overrides = [*SHARED_M0, "strategy=wse"]
+    exp = tmp_path / "runs" / "taudis_synthetic"
+    new, old = exp / run_name(overrides), exp / previous_run_name(overrides)
+    assert new != old and _run_dir(tmp_path, *overrides) == new
+    old.mkdir(parents=True)
+    (old / "state.json").write_text("{}")
+    assert _run_dir(tmp_path, *overrides) == old
+    new.mkdir()
+    (new / "state.json").write_text("{}")
+    assert _run_dir(tmp_path, *overrides) == new
 
 
 def _digest(path):
