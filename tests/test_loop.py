@@ -214,8 +214,10 @@ def test_initial_run_gives_every_strategy_the_same_round_0(cfg_factory, tmp_path
     for name in ("model.pt", "labels.jsonl", "selection.json"):
         assert (run / "round_000" / name).read_bytes() == (source / "round_000" / name).read_bytes()
     assert records[0]["mask_AP"] == pytest.approx(first[0]["mask_AP"], abs=1e-9)
-    # Round 0's record is the source's, train metrics included (only the strategy differs).
+    # Round 0's record is the source's, train metrics included (only the strategy differs); its
+    # metrics are the source's eval.json, not a second evaluation.
     assert {**records[0], "strategy": "random"} == first[0]
+    assert "round 0: as evaluated in al.initial_run" in (run / "run.log").read_text()
     assert [r["labeled_images"] for r in records] == [4, 8] and records[1]["strategy"] == "mask_entropy"
     # Resuming the run does not copy round 0 again.
     assert as_json(ActiveLearningLoop(cfg_factory("al.rounds=1", "strategy=mask_entropy", f"al.initial_run={source}"), run).run()) == as_json(records)

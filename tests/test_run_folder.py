@@ -184,7 +184,8 @@ def test_a_damaged_initial_run_source_is_named_before_anything_is_written(base_r
              ("round_000/model.pt", lambda p: _cut(p), "round_000/model.pt: not a readable checkpoint"),
              ("round_000/labels.jsonl", lambda p: _insert_line(p, "{oops\n"), "round_000/labels.jsonl: line 2"),
              ("round_000/selection.json", lambda p: p.write_text('{"queries": 3}'), "round_000/selection.json: not a selection"),
-             ("round_000/metrics.json", lambda p: _cut(p), "round_000/metrics.json: not valid JSON")]
+             ("round_000/metrics.json", lambda p: _cut(p), "round_000/metrics.json: not valid JSON"),
+             ("round_000/eval.json", lambda p: p.write_text("[1, 2]"), "round_000/eval.json: ")]
     for name, damage, fragment in cases:
         saved = (source / name).read_bytes()
         damage(source / name)

@@ -22,7 +22,8 @@ from alseg.files import DamagedFileError, atomic_write_bytes, check_zip, read_by
 ROUND0_KEYS = ("seed", "dataset", "model", "cost", "al.initial", "al.initial_unit", "al.initial_strategy",
                "trainer.schedule", "trainer.transforms")
 IGNORED = ("trainer.schedule.num_workers", "dataset.cache_dir")  # where the data cache is does not change it
-COPIED = ("model.pt", "selection.json", "metrics.json")
+EVAL_FILE = "eval.json"  # a round's metrics on the val split alone (the loop reuses round 0's from al.initial_run)
+COPIED = ("model.pt", "selection.json", "metrics.json", EVAL_FILE)
 _ADVICE = "the source run's round 0 is damaged: redo it there, or choose another al.initial_run"
 
 
@@ -86,8 +87,9 @@ def check_initial_run(source: str | Path, config: dict) -> InitialRound:
             if bad:
                 raise DamagedFileError(src / "state.json", f"a round-0 label: {bad}")
         select = SelectResult.from_selection_file(r0 / "selection.json")
-        if (r0 / "metrics.json").exists():
-            read_json(r0 / "metrics.json", dict)
+        for name in ("metrics.json", EVAL_FILE):
+            if (r0 / name).exists():
+                read_json(r0 / name, dict)
     except DamagedFileError as e:
         raise _damaged(e) from None
     record = next((r for r in state["records"] if r["round"] == 0), None)

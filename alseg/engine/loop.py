@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 import logging.handlers
+import math
 import re
 import shutil
 import time
@@ -49,14 +50,14 @@ from alseg.data.fingerprint import data_fingerprint, fingerprint_changes
 from alseg.data.torch_dataset import ImageView, TrainingSet
 from alseg.data.transforms import build_transforms
 from alseg.engine.evaluate import evaluate
-from alseg.engine.initial_run import InitialRound, check_initial_run, copy_initial_round
+from alseg.engine.initial_run import EVAL_FILE, InitialRound, check_initial_run, copy_initial_round
 from alseg.engine.state import (PHASES, STATE_VERSION, SelectResult, TrainResult,  # noqa: F401  (PHASES re-exported)
                                 differing_keys, flatten, read_state, under)
 from alseg.engine.trainer import (LogProgressHook, LossAverageHook, ProgressHook, Trainer, TrainerConfig,
                                   check_processes)
 from alseg.errors import ConfigError, DataError
 from alseg.files import (DamagedFileError, atomic_torch_save, atomic_write_json, atomic_write_text,
-                         check_zip, load_model_state, make_dirs, missing_as_none, write_error)
+                         check_zip, load_model_state, make_dirs, missing_as_none, read_json, write_error)
 from alseg.instantiate import build
 from alseg.run_naming import RESUMABLE_CHANGES  # keys that may change on resume (and stay out of run names)
 from alseg.models.base import CAPABILITIES, check_model
@@ -480,7 +481,7 @@ class ActiveLearningLoop:
                     record = self._evaluate(k, data, ledger, model, strategy, initial_strategy,
                                             SelectResult(**results["select"]),
                                             TrainResult(**results["train"]) if results.get("train") else None,
-                                            data_keys)
+                                            data_keys, reuse=k == 0 and initial is not None)
                     distributed.main_only(lambda: writers.write(record))
                     state["records"] = [r for r in state["records"] if r["round"] != k] + [record]
                     state.update(phase="evaluated")
@@ -665,21 +666,38 @@ class ActiveLearningLoop:
 
     def _evaluate(self, k: int, data: DataSplits, ledger: Ledger, model, strategy: Strategy,
                   initial_strategy: Strategy, selected: SelectResult, trained: TrainResult | None,
-                  data_keys: dict) -> dict:
+                  data_keys: dict, reuse: bool = False) -> dict:
         """Round k's record: counts, annotation seconds, the model's metrics on the val split, and
-        the select and train phases' results; also written to round_k/metrics.json."""
+        the select and train phases' results; also written to round_k/metrics.json, the metrics
+        alone to round_k/eval.json. ``reuse``: round 0 taken from al.initial_run, whose eval.json
+        (copied with its model) holds the same model's metrics on the same val split: not evaluated
+        again (a source run made before eval.json existed is evaluated)."""
         start = time.perf_counter()
-        metrics = evaluate(model, data.val, device=self.device, batch_size=int(self.cfg.eval.batch_size),
-                           progress=self.progress)  # on every rank (sharded); the record on rank 0
+        copied = self.round_dir(k) / EVAL_FILE
+        if reuse and copied.is_file():
+            try:
+                metrics = {k: math.nan if v is None else v for k, v in read_json(copied, dict).items()}  # NaN: null
+            except DamagedFileError as e:
+                raise ConfigError(f"al.initial_run: {e.path}: {e.problem}; delete it to evaluate round 0 again") from None
+            how = "as evaluated in al.initial_run"
+        else:
+            metrics = evaluate(model, data.val, device=self.device, batch_size=int(self.cfg.eval.batch_size),
+                               progress=self.progress)  # on every rank (sharded); the record on rank 0
+            how = None
         return distributed.on_main(lambda: self._record(k, data, ledger, model, strategy, initial_strategy, selected,
-                                                         trained, data_keys, metrics, start))
+                                                         trained, data_keys, metrics, start, how))
 
     def _record(self, k: int, data: DataSplits, ledger: Ledger, model, strategy: Strategy,
                 initial_strategy: Strategy, selected: SelectResult, trained: TrainResult | None, data_keys: dict,
-                metrics: dict, start: float) -> dict:
-        log.info("round %d: evaluated on %d val images in %.1f s: mask AP %.3f, mask AP50 %.3f, box AP %.3f", k,
-                 len(data.val.images), time.perf_counter() - start, metrics.get("mask_AP", float("nan")),
-                 metrics.get("mask_AP50", float("nan")), metrics.get("box_AP", float("nan")))
+                metrics: dict, start: float, how: str | None = None) -> dict:
+        if how is None and MASK_IOU_HEAD in model.capabilities:
+            metrics = {**metrics, **iou_prediction_errors(model, data.val, device=self.device)}
+        if how is None:
+            atomic_write_json(self.round_dir(k) / EVAL_FILE, missing_as_none(metrics))
+        log.info("round %d: %s on %d val images in %.1f s: mask AP %.3f, mask AP50 %.3f, box AP %.3f", k,
+                 how or "evaluated", len(data.val.images), time.perf_counter() - start,
+                 metrics.get("mask_AP", float("nan")), metrics.get("mask_AP50", float("nan")),
+                 metrics.get("box_AP", float("nan")))
         seconds = ledger.seconds()
         counts = ledger.counts()
         pool = len(data.train.images)
@@ -690,8 +708,6 @@ class ActiveLearningLoop:
             record["pruning_rate"] = 1.0 - counts["labeled_images"] / pool
         if trained is not None:
             record.update(trained.record())
-        if MASK_IOU_HEAD in model.capabilities:
-            record.update(iou_prediction_errors(model, data.val, device=self.device))
         record.update(selected.record())
         record.update(data_keys)
         atomic_write_json(self.round_dir(k) / "metrics.json", missing_as_none(record))  # strict JSON: NaN as null
