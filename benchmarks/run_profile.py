@@ -27,7 +27,8 @@ PATTERNS = {
     "train_start": re.compile(r"^round (\d+) train: \d+ iterations"),
     "train_done": re.compile(r"^round (\d+) train: iter (\d+)/\2 .* done$"),
     "evaluate": re.compile(r"^evaluate: predictions and Dice on \d+ images in ([\d.]+) s, COCOeval in ([\d.]+) s$"),
-    "evaluated": re.compile(r"^round (\d+): evaluated on"),
+    "evaluated": re.compile(r"^round (\d+): (?:as )?evaluated (?:in al.initial_run )?on"),
+    "taken": re.compile(r"^round 0 taken from "),  # al.initial_run: round 0 starts here, without selection
 }
 COLUMNS = ("select", "pool", "train", "predict", "cocoeval", "other", "total")
 
@@ -53,6 +54,9 @@ def profile(run_log: Path) -> tuple[dict[int, dict[str, float]], float | None]:
             rounds.setdefault(k, {})["select"] = s
             marks.setdefault(k, {})["start"] = t - s
             first = t - s if first is None else first
+        elif PATTERNS["taken"].match(msg):
+            marks.setdefault(0, {})["start"] = t
+            first = t if first is None else first
         elif (p := PATTERNS["pool"].match(msg)):
             rounds.setdefault(int(p.group(1)), {})["pool"] = float(p.group(2))
         elif (p := PATTERNS["train_start"].match(msg)):
