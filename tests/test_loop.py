@@ -1,6 +1,7 @@
 """End-to-end runs of the loop on tiny synthetic data: AP is computed, results are resumable."""
 
 import json
+import logging
 import re
 import math
 from pathlib import Path
@@ -144,6 +145,33 @@ def test_pruning_run_keeps_a_fraction_chosen_once(cfg_factory, tmp_path, initial
     scores = [q["score"] for q in sel["queries"]]
     assert scores == sorted(scores, reverse=True)  # the kept images are the best-scored ones
     assert (run / "reference" / "model.pt").is_file() == (initial == "entropy_reference")
+
+
+@pytest.mark.slow
+def test_reference_run_lends_its_reference_model_to_another_pruning_rate(cfg_factory, tmp_path, caplog):
+    """TFDP's entropy baseline at a second pruning rate takes the first run's reference model
+    (al.reference_run): copied, not trained again; the same kept images as training it anew."""
+    first = tmp_path / "keep50"
+    ActiveLearningLoop(cfg_factory("strategy@al.initial_strategy=entropy_reference", "al.rounds=0", "al.initial=0.5"),
+                       first).run()
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    second = tmp_path / "keep25"
+    ActiveLearningLoop(cfg_factory("strategy@al.initial_strategy=entropy_reference", "al.rounds=0", "al.initial=0.25",
+                                   f"al.reference_run={first}"), second).run()
+    assert (second / "reference" / "model.pt").read_bytes() == (first / "reference" / "model.pt").read_bytes()
+    assert "reference model taken from" in caplog.text and "training the reference model" not in caplog.text
+    alone = tmp_path / "alone"
+    ActiveLearningLoop(cfg_factory("strategy@al.initial_strategy=entropy_reference", "al.rounds=0", "al.initial=0.25"),
+                       alone).run()
+    assert (second / "round_000" / "selection.json").read_text() == (alone / "round_000" / "selection.json").read_text()
+    with pytest.raises(ConfigError, match=r"al.reference_run: .* another config \(differs at: seed\)"):
+        ActiveLearningLoop(cfg_factory("strategy@al.initial_strategy=entropy_reference", "al.rounds=0",
+                                       "al.initial=0.25", "seed=1", f"al.reference_run={first}"), tmp_path / "s1").run()
+    assert not (tmp_path / "s1").exists()
+    with pytest.raises(ConfigError, match=r"al.reference_run: .*alone.*: no reference model"):
+        (alone / "reference" / "model.pt").unlink()
+        ActiveLearningLoop(cfg_factory("al.rounds=0", f"al.reference_run={alone}"), tmp_path / "s2").run()
 
 
 @pytest.mark.slow

@@ -43,16 +43,45 @@ class InitialRound:
         return self.source / "round_000" / "model.pt"
 
 
-def _round0_part(config: dict) -> dict:
-    return {k: v for k, v in flatten(config).items() if under(k, ROUND0_KEYS) and k not in IGNORED}
+def _part(config: dict, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in flatten(config).items() if under(k, keys) and k not in IGNORED}
 
 
-def round0_differences(config: dict, source_config: dict) -> list[str]:
-    """Round-0 keys (ROUND0_KEYS, less IGNORED) whose values differ between ``config`` and the
+def round0_differences(config: dict, source_config: dict, keys: tuple[str, ...] = ROUND0_KEYS) -> list[str]:
+    """Round-0 keys (``keys``, less IGNORED) whose values differ between ``config`` and the
     source run's; a key the source's config lacks (added by a later alseg, with its default) is not
     a difference, as on resume (``alseg.engine.loop.config_differences``)."""
     known = set(flatten(source_config))
-    return [k for k in differing_keys(_round0_part(config), _round0_part(source_config)) if k in known]
+    return [k for k in differing_keys(_part(config, keys), _part(source_config, keys)) if k in known]
+
+
+# What a reference model (trained on the whole pool, alseg.engine.loop) depends on.
+REFERENCE_KEYS = ("seed", "dataset", "model", "trainer.schedule", "trainer.transforms")
+
+
+def check_reference_run(source: str | Path, config: dict) -> Path:
+    """The reference model (``reference/model.pt``) of another run, after checking that run
+    trained it as ``config`` would (REFERENCE_KEYS: seed, data, model, schedule): one per seed
+    serves every pruning rate of TFDP's model-based baseline. ConfigError (one line naming the
+    folder or file) otherwise. Reads only."""
+    src = Path(source)
+    try:
+        state = read_state(src / "state.json")
+    except DamagedFileError as e:
+        raise ConfigError(f"al.reference_run: {e.path}: not a readable run state ({e.problem})") from None
+    path = src / "reference" / "model.pt"
+    if not path.is_file():
+        raise ConfigError(f"al.reference_run: {src}: no reference model (reference/model.pt) yet; run that run "
+                          f"first (a strategy that needs one, e.g. entropy_reference)")
+    diffs = round0_differences(config, state["config"], REFERENCE_KEYS)
+    if diffs:
+        raise ConfigError(f"al.reference_run: {src} trained its reference model with another config "
+                          f"(differs at: {', '.join(diffs[:5])})")
+    try:
+        check_zip(path)
+    except DamagedFileError as e:
+        raise ConfigError(f"al.reference_run: {e.path}: {e.problem}; train it again there, or choose another run") from None
+    return path
 
 
 def _damaged(e: DamagedFileError) -> ConfigError:

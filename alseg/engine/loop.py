@@ -50,14 +50,16 @@ from alseg.data.fingerprint import data_fingerprint, fingerprint_changes
 from alseg.data.torch_dataset import ImageView, TrainingSet
 from alseg.data.transforms import build_transforms
 from alseg.engine.evaluate import evaluate
-from alseg.engine.initial_run import EVAL_FILE, InitialRound, check_initial_run, copy_initial_round
+from alseg.engine.initial_run import (EVAL_FILE, InitialRound, check_initial_run, check_reference_run,
+                                      copy_initial_round)
 from alseg.engine.state import (PHASES, STATE_VERSION, SelectResult, TrainResult,  # noqa: F401  (PHASES re-exported)
                                 differing_keys, flatten, read_state, under)
 from alseg.engine.trainer import (LogProgressHook, LossAverageHook, ProgressHook, Trainer, TrainerConfig,
                                   check_processes)
 from alseg.errors import ConfigError, DataError
 from alseg.files import (DamagedFileError, atomic_torch_save, atomic_write_json, atomic_write_text,
-                         check_zip, load_model_state, make_dirs, missing_as_none, read_json, write_error)
+                         atomic_write_bytes, check_zip, load_model_state, make_dirs, missing_as_none, read_bytes,
+                         read_json, write_error)
 from alseg.instantiate import build
 from alseg.run_naming import RESUMABLE_CHANGES  # keys that may change on resume (and stay out of run names)
 from alseg.models.base import CAPABILITIES, check_model
@@ -228,6 +230,8 @@ class ActiveLearningLoop:
         state = {"version": STATE_VERSION, "round": 0, "phase": "start", "phase_results": {}, "records": [],
                  "seed": self.seed, "config": config, "fingerprint": fingerprint}
         initial = None
+        if self.cfg.al.get("reference_run"):  # checked before anything is written; copied when needed
+            check_reference_run(self.cfg.al.reference_run, config)
         if self.cfg.al.get("initial_run"):
             initial = check_initial_run(self.cfg.al.initial_run, config)
             # Round 0 is copied in (run()) and evaluated here, with the source's phase results.
@@ -590,8 +594,13 @@ class ActiveLearningLoop:
 
     def _reference_model(self, data: DataSplits):
         """A model trained on the whole pool with full masks (for model-based pruning baselines),
-        trained once per run and kept in reference/model.pt for resumption."""
+        trained once per run and kept in reference/model.pt for resumption; or, with
+        al.reference_run, that run's (checked, copied in)."""
         path = self.run_dir / "reference" / "model.pt"
+        if not path.is_file() and self.cfg.al.get("reference_run"):
+            source = check_reference_run(self.cfg.al.reference_run, OmegaConf.to_container(self.cfg, resolve=True))
+            distributed.main_only(lambda: atomic_write_bytes(path, read_bytes(source)))
+            log.info("reference model taken from %s", source)
         if path.is_file():
             return self._load_round_model(-1, path, "remove it to train the reference model again")
         model = self._build_model(data.train.num_classes)
