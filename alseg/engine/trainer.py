@@ -5,7 +5,8 @@ clipping, AMP on GPU, a progress bar with the loss, and a stop on a non-finite l
 On N processes (``alseg.distributed``) the model is wrapped in DistributedDataParallel and
 ``batch_size`` stays the total batch (detectron2's IMS_PER_BATCH): each process takes its
 ``batch_size / N`` images of every global batch, so the images of a step, the learning-rate
-schedule and the effective batch are those of the single-process run."""
+schedule and the effective batch are those of the single-process run. After training every
+process holds rank 0's parameters and buffers."""
 
 from __future__ import annotations
 
@@ -288,6 +289,10 @@ class Trainer:
             self.run_step(images, targets)
             for h in self.hooks:
                 h.after_step(self)
+        # DDP keeps the parameters equal but each process's BatchNorm statistics are its own (its
+        # last batches): every process takes rank 0's, the ones the checkpoint keeps, so that pool
+        # inference and evaluation shards see the model a resumed run loads.
+        distributed.broadcast_model(self.model)
         for h in self.hooks:
             h.after_train(self)
 
