@@ -244,6 +244,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-reference", action="store_true", help="time alseg-prune only")
     p.add_argument("--keep-file", metavar="PATH", help="also write the built annotation file here")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
     n_inst = args.instances if args.instances is not None else round(COCO_INSTANCES * args.images / COCO_IMAGES)
     print(f"machine: {os.cpu_count()} CPUs, {_load()}")
 

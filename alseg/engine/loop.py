@@ -685,7 +685,7 @@ class ActiveLearningLoop:
         copied = self.round_dir(k) / EVAL_FILE
         if reuse and copied.is_file():
             try:
-                metrics = {k: math.nan if v is None else v for k, v in read_json(copied, dict).items()}  # NaN: null
+                metrics = {key: math.nan if v is None else v for key, v in read_json(copied, dict).items()}  # null: NaN
             except DamagedFileError as e:
                 raise ConfigError(f"al.initial_run: {e.path}: {e.problem}; delete it to evaluate round 0 again") from None
             how = "as evaluated in al.initial_run"
@@ -699,9 +699,9 @@ class ActiveLearningLoop:
     def _record(self, k: int, data: DataSplits, ledger: Ledger, model, strategy: Strategy,
                 initial_strategy: Strategy, selected: SelectResult, trained: TrainResult | None, data_keys: dict,
                 metrics: dict, start: float, how: str | None = None) -> dict:
-        if how is None and MASK_IOU_HEAD in model.capabilities:
-            metrics = {**metrics, **iou_prediction_errors(model, data.val, device=self.device)}
-        if how is None:
+        if how is None:  # evaluated now (not taken from al.initial_run): the head's errors too, then kept
+            if MASK_IOU_HEAD in model.capabilities:
+                metrics = {**metrics, **iou_prediction_errors(model, data.val, device=self.device)}
             atomic_write_json(self.round_dir(k) / EVAL_FILE, missing_as_none(metrics))
         log.info("round %d: %s on %d val images in %.1f s: mask AP %.3f, mask AP50 %.3f, box AP %.3f", k,
                  how or "evaluated", len(data.val.images), time.perf_counter() - start,

@@ -54,6 +54,7 @@ from alseg.tfdp.scoring import (
     prune_coco,
     prune_raw,
     rank_images,
+    rank_order,
     score_loaded,
 )
 
@@ -124,7 +125,7 @@ def write_image_scores(path: Path, result: ScoreResult, kept: set[int]) -> None:
     """``image_id,score,kept,rank`` per image, best first (``rank_images``); an image without a
     score has an empty score field."""
     ids, scores = result.image_ids, result.image_scores
-    order = np.lexsort((ids, -np.where(np.isnan(scores), -np.inf, scores)))  # rank_images' order
+    order = rank_order(ids, scores)
     ids, scores = ids[order].tolist(), scores[order].tolist()
     is_kept = np.isin(ids, np.fromiter(kept, np.int64, len(kept))).astype(np.int8).tolist()
     fmt = "{:.10g}".format

@@ -800,14 +800,19 @@ def _as_id_scores(image_scores: Any) -> tuple[np.ndarray, np.ndarray]:
     return ids, scores
 
 
+def rank_order(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Indices that sort images from most to least important: score descending (NaN last), then
+    image id ascending (int64 (n,))."""
+    return np.lexsort((ids, -np.where(np.isnan(scores), -np.inf, scores)))
+
+
 def rank_images(image_scores: Any) -> list[int]:
     """Image ids from most to least important: score descending, then image id ascending.
 
     ``image_scores``: a ScoreResult, a mapping image id -> score, or (id, score) pairs.
     """
     ids, scores = _as_id_scores(image_scores)
-    scores = np.where(np.isnan(scores), -np.inf, scores)
-    return ids[np.lexsort((ids, -scores))].tolist()
+    return ids[rank_order(ids, scores)].tolist()
 
 
 def kept_count(n_images: int, keep: float | None = None, count: int | None = None) -> int:
