@@ -10,14 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from alseg.spread import seed_std  # noqa: E402
+
 
 def mean_std_by_round(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rounds present in every run, with mean and std (over runs) of ``key``."""
+    """Rounds present in every run, with mean and std (``seed_std``, over runs) of ``key``."""
     rounds = sorted(set.intersection(*(set(r["round"] for r in run if key in r) for run in runs))) if runs else []
     vals = np.array([[next(r[key] for r in run if r["round"] == k) for k in rounds] for run in runs], float)
     if not rounds:
         return np.array([]), np.array([]), np.array([])
-    return np.array(rounds), vals.mean(0), vals.std(0)
+    return np.array(rounds), vals.mean(0), seed_std(vals, 0)
 
 
 # Strategy config keys whose value says which variant runs (e.g. apis' metric "entropy").
@@ -82,7 +84,7 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
 
     One row per metric; columns: against labeled images, against annotation hours (both means over
     the group's runs). Each group is a list of runs (seeds), each run a list of result records; the
-    line is the mean, the band one population std (ddof=0), drawn where a group has more than one
+    line is the mean, the band one sample std (ddof=1, ``seed_std``), drawn where a group has more than one
     run. Legend entries are the group labels, with "(n seeds)" when ``count_seeds``. ``title`` is
     the figure's suptitle (constrained layout keeps it clear of the panels)."""
     fig = plt.figure(figsize=(10, 3.6 * len(metrics) + (0.4 if title else 0)), layout="constrained")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pytest
 
-from alseg.plots import ap_vs_cost_figure, axis_label, run_title, strategy_label
+from alseg.plots import ap_vs_cost_figure, axis_label, mean_std_by_round, run_title, strategy_label
+from alseg.spread import seed_std
 from alseg.writers.files import PlotWriter
 
 
@@ -77,3 +78,17 @@ def test_plot_writer_titles_the_run(tmp_path, figure_spy):
     assert seen["title"] == "strategy apis (entropy, anchors),  dataset synthetic,  seed 1\nrun exp1/seed-1"
     assert seen["legend"] == ["apis (entropy, anchors)"]
     assert (run_dir / "ap_vs_hours.png").stat().st_size > 1000
+
+
+def test_seed_std_is_the_sample_std():
+    # 0.2, 0.4, 0.9: mean 0.5, squared deviations 0.09 + 0.01 + 0.16 = 0.26, / (3 - 1) -> sqrt 0.13
+    assert float(seed_std([0.2, 0.4, 0.9])) == pytest.approx(0.13 ** 0.5)
+    assert float(seed_std([0.7])) == 0.0  # one seed: no spread
+    by_round = seed_std([[0.2, 1.0], [0.4, 1.0]], axis=0)  # 2 runs x 2 rounds
+    assert by_round == pytest.approx([0.1 * 2 ** 0.5, 0.0])
+
+
+def test_mean_std_by_round_uses_rounds_every_run_has():
+    runs = [[{"round": 0, "mask_AP": 0.2}, {"round": 1, "mask_AP": 0.5}], [{"round": 0, "mask_AP": 0.4}]]
+    rounds, mean, std = mean_std_by_round(runs, "mask_AP")
+    assert rounds.tolist() == [0] and mean == pytest.approx([0.3]) and std == pytest.approx([0.1 * 2 ** 0.5])

@@ -172,11 +172,12 @@ VALUES = {
     "tfdp": {0.5: (0.30, 0.34), 0.75: (0.25, 0.29)},
     "random": {0.5: (0.20, 0.30), 0.75: (0.10, 0.16)},
 }
-EXPECTED = {  # hand-computed mean, population std (ddof=0)
-    ("tfdp", "0.500"): (0.32, 0.02),
-    ("tfdp", "0.750"): (0.27, 0.02),
-    ("random", "0.500"): (0.25, 0.05),
-    ("random", "0.750"): (0.13, 0.03),
+R2 = 2 ** 0.5
+EXPECTED = {  # hand-computed mean, sample std (ddof=1): two values a, b give |a - b| / sqrt 2
+    ("tfdp", "0.500"): (0.32, 0.04 / R2),
+    ("tfdp", "0.750"): (0.27, 0.04 / R2),
+    ("random", "0.500"): (0.25, 0.10 / R2),
+    ("random", "0.750"): (0.13, 0.06 / R2),
 }
 
 
@@ -204,7 +205,7 @@ def test_pruning_curve_means_and_std(tmp_path, capsys):
     out = tmp_path / "report"
     assert curve_main([str(exp), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "tfdp" in printed and "random" in printed and "0.320 ± 0.020" in printed
+    assert "tfdp" in printed and "random" in printed and "0.320 ± 0.028" in printed
     with open(out / "pruning.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["strategy", "pruning_rate", "n", "kept_images", "mask_AP_mean", "mask_AP_std"]
@@ -217,7 +218,7 @@ def test_pruning_curve_means_and_std(tmp_path, capsys):
         assert float(r["mask_AP_std"]) == pytest.approx(std, abs=1e-9)
         assert float(r["kept_images"]) == (100 if key[1] == "0.500" else 50)
     md = (out / "pruning.md").read_text()
-    assert "| tfdp | 0.500 | 100 | 0.320 ± 0.020 | 2 |" in md
+    assert "| tfdp | 0.500 | 100 | 0.320 ± 0.028 | 2 |" in md
     assert _is_png(out / "pruning.png")
 
     # Another metric, and the thin script.

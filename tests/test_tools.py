@@ -13,9 +13,9 @@ from alseg.tools import compare, eda
 from alseg.tools.visualize import draw_instances
 
 # mask_AP per (strategy, seed) and round. Per round, over the two seeds:
-#   random : round 0: 0.2, 0.4 -> mean 0.3, std 0.1;  round 1: 0.3, 0.5 -> 0.4, 0.1;  round 2: 0.4, 0.4 -> 0.4, 0.0
-#   entropy: round 0: 0.1, 0.5 -> mean 0.3, std 0.2;  round 1: 0.6, 0.6 -> 0.6, 0.0;  round 2: only seed 0 (incomplete)
-# std is the population std (numpy's default, ddof=0), as alseg-compare and alseg.plots use.
+#   random : round 0: 0.2, 0.4 -> mean 0.3, std 0.1 sqrt 2;  round 1: 0.3, 0.5 -> 0.4, 0.1 sqrt 2;  round 2: 0.4, 0.4 -> 0.4, 0.0
+#   entropy: round 0: 0.1, 0.5 -> mean 0.3, std 0.2 sqrt 2;  round 1: 0.6, 0.6 -> 0.6, 0.0;  round 2: only seed 0 (incomplete)
+# std is the sample std (ddof=1; two values a, b: |a - b| / sqrt 2), as alseg-compare and alseg.plots use.
 MASK_AP = {
     ("random", 0): [0.2, 0.3, 0.4],
     ("random", 1): [0.4, 0.5, 0.4],
@@ -67,30 +67,30 @@ def test_compare_mean_std_over_seeds(runs, tmp_path, capsys):
     r0 = rows[("random", 0)]
     assert r0["n_seeds"] == "2"
     assert float(r0["mask_AP_mean"]) == pytest.approx(0.3)
-    assert float(r0["mask_AP_std"]) == pytest.approx(0.1)  # population std of 0.2, 0.4
+    assert float(r0["mask_AP_std"]) == pytest.approx(0.1 * 2 ** 0.5)  # sample std of 0.2, 0.4
     assert float(r0["mask_AP50_mean"]) == pytest.approx(0.6)
     assert float(r0["box_AP_mean"]) == pytest.approx(0.15)
     assert float(r0["labeled_images"]) == 10 and float(r0["hours"]) == pytest.approx(1.0)
     assert float(rows[("random", 1)]["mask_AP_mean"]) == pytest.approx(0.4)
-    assert float(rows[("random", 1)]["mask_AP_std"]) == pytest.approx(0.1)
+    assert float(rows[("random", 1)]["mask_AP_std"]) == pytest.approx(0.1 * 2 ** 0.5)
     assert float(rows[("random", 2)]["mask_AP_std"]) == pytest.approx(0.0)
     assert float(rows[("entropy", 0)]["mask_AP_mean"]) == pytest.approx(0.3)
-    assert float(rows[("entropy", 0)]["mask_AP_std"]) == pytest.approx(0.2)
+    assert float(rows[("entropy", 0)]["mask_AP_std"]) == pytest.approx(0.2 * 2 ** 0.5)
     # Round 2 of entropy is in one seed only: not aggregated, and the incomplete run is reported.
     assert ("entropy", 2) not in rows
     assert set(rows) == {("random", 0), ("random", 1), ("random", 2), ("entropy", 0), ("entropy", 1)}
     md = (out / "compare.md").read_text()
-    assert "0.300 ± 0.100" in md and "incomplete run" in md and "seed=1" in md
+    assert "0.300 ± 0.141" in md and "incomplete run" in md and "seed=1" in md
     png = out / "compare.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stdout = capsys.readouterr().out
-    assert "0.300 ± 0.100" in stdout and "incomplete run" in stdout
+    assert "0.300 ± 0.141" in stdout and "incomplete run" in stdout
 
 
 def test_compare_png_title_and_legend(runs, tmp_path, figure_spy):
     seen = figure_spy
     compare.compare([runs], metrics=["mask_AP"], out=tmp_path / "out", show=False)
-    assert seen["title"] == ("exp: mask_AP per strategy\nline: mean over seeds, band: ± 1 std (population) where a "
+    assert seen["title"] == ("exp: mask_AP per strategy\nline: mean over seeds, band: ± 1 std (sample, ddof=1) where a "
                              "group has 2 or more; seeds per group in the legend")
     assert seen["legend"] == ["entropy (2 seeds)", "random (2 seeds)"]
     assert (tmp_path / "out" / "compare.png").stat().st_size > 1000

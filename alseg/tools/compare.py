@@ -7,7 +7,7 @@ Every folder holding a ``results.jsonl`` under the given paths is a run. Runs ar
 strategy (``strategy`` of the result records, else ``strategy.name`` of ``config.yaml``) or by the
 ``--group-by`` keys (dotted keys of ``config.yaml``, else of the records). Per group and round the
 table gives the mean labeled images and annotation hours and ``mean ± std`` of each metric over the
-group's runs (seeds); std is the population std (numpy, ddof=0), as in ``alseg.plots``. A round is
+group's runs (seeds); std is the sample std (ddof=1, ``alseg.spread.seed_std``). A round is
 aggregated only where every run of its group has it; incomplete runs are listed under the table.
 Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images and hours: the
 mean over seeds, a band of ± 1 std, the number of seeds per group in the legend, the experiment
@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from alseg.errors import AlsegError
+from alseg.spread import seed_std
 
 PROG = "alseg-compare"
 DEFAULT_METRICS = ("mask_AP", "mask_AP50", "box_AP")
@@ -230,7 +231,7 @@ def _has(rec: dict, key: str) -> bool:
 
 
 def _mean_std(runs: list[Run], k: int, key: str) -> tuple[float, float] | None:
-    """Mean and population std over runs of one round's value; None unless every run has it
+    """Mean and sample std (``seed_std``) over runs of one round's value; None unless every run has it
     (absent, null and NaN are missing)."""
     vals = []
     for run in runs:
@@ -242,7 +243,7 @@ def _mean_std(runs: list[Run], k: int, key: str) -> tuple[float, float] | None:
             raise CompareError(f"{run.results}, line {run.lines[k]}: '{key}' must be a number, got {v!r}")
         vals.append(float(v))
     a = np.asarray(vals, dtype=float)
-    return float(a.mean()), float(a.std())  # ddof=0, as alseg.plots.mean_std_by_round
+    return float(a.mean()), float(seed_std(a))
 
 
 def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[str, list[Run]]:
@@ -366,7 +367,7 @@ def to_markdown(groups: list[Group], metrics: Sequence[str], group_header: str, 
     out = [line(header), "|" + "|".join("---" if i == 0 else "--:" for i in range(len(header))) + "|"]
     out += [line(r) for r in rows]
     out.append("")
-    out.append("Metrics: mean ± std over the runs (seeds) of each group; std is the population std (ddof=0). "
+    out.append("Metrics: mean ± std over the runs (seeds) of each group; std is the sample std (ddof=1). "
                "Labeled images and hours: mean.")
     if notes:
         out.append("")
@@ -410,7 +411,7 @@ def plot_title(groups: list[Group], metrics: Sequence[str], group_header: str) -
     exps = sorted({r.path.parent.name for g in groups for r in g.runs})
     where = ", ".join(exps[:3]) + (f" and {len(exps) - 3} more" if len(exps) > 3 else "")
     return (f"{where}: {', '.join(metrics)} per {group_header}\n"
-            "line: mean over seeds, band: ± 1 std (population) where a group has 2 or more; "
+            "line: mean over seeds, band: ± 1 std (sample, ddof=1) where a group has 2 or more; "
             "seeds per group in the legend")
 
 

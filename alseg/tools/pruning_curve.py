@@ -8,7 +8,7 @@ Every folder holding a ``results.jsonl`` under the given paths is a run (found a
 is used. Runs are grouped by strategy (``initial_strategy`` of the record, else
 ``al.initial_strategy.name`` of ``config.yaml``) and by pruning rate (``pruning_rate`` of the record,
 else ``1 - labeled_images / pool_images``, rounded to 3 decimals). Per group: ``n`` runs, mean kept
-images, and mean ± std of the metric (std: population std, ddof=0, as alseg-compare). Writes
+images, and mean ± std of the metric (std: sample std, ddof=1, as alseg-compare). Writes
 ``pruning.csv``, ``pruning.md`` and ``pruning.png`` (the metric against the pruning rate, one line per
 strategy, a band of ± one std) to ``--out``.
 """
@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from alseg.errors import AlsegError
+from alseg.spread import seed_std
 from alseg.tools.compare import MISSING, Run, _is_number, _write_text, print_grouped_table, read_finished_runs
 
 PROG = "pruning_curve"
@@ -56,7 +57,7 @@ class Point:
 
     @property
     def std(self) -> float:
-        return float(np.std(self.values))  # ddof=0
+        return float(seed_std(self.values))
 
     @property
     def kept_mean(self) -> float | None:
@@ -176,7 +177,7 @@ def to_markdown(points: list[Point], metric: str, notes: list[str]) -> str:
     out += [line(r) for r in rows]
     out.append("")
     out.append(f"{metric}: mean ± std over the n runs (seeds) of each strategy and pruning rate; std is the "
-               "population std (ddof=0). Kept images: mean. Pruning rate = 1 - kept images / pool images.")
+               "sample std (ddof=1). Kept images: mean. Pruning rate = 1 - kept images / pool images.")
     if notes:
         out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
