@@ -24,6 +24,7 @@ def mean_std_by_round(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.
 
 # Strategy config keys whose value says which variant runs (e.g. apis' metric "entropy").
 STRATEGY_KEY_PARAMS = ("metric", "aggregation", "level", "variant")
+PANEL_LEGEND_MAX = 4  # groups; more: one legend beside the panels
 MAX_STRATEGY_LABEL = 48  # characters; longer, the label is the strategy's name alone
 
 
@@ -85,9 +86,13 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
     One row per metric; columns: against labeled images, against annotation hours (both means over
     the group's runs). Each group is a list of runs (seeds), each run a list of result records; the
     line is the mean, the band one sample std (ddof=1, ``seed_std``), drawn where a group has more than one
-    run. Legend entries are the group labels, with "(n seeds)" when ``count_seeds``. ``title`` is
-    the figure's suptitle (constrained layout keeps it clear of the panels)."""
-    fig = plt.figure(figsize=(10, 3.6 * len(metrics) + (0.4 if title else 0)), layout="constrained")
+    run. Legend entries are the group labels, with "(n seeds)" when ``count_seeds``: in every panel
+    for up to ``PANEL_LEGEND_MAX`` groups, else once, right of the panels (a 9-strategy legend would
+    hide the curves). ``title`` is the figure's suptitle (constrained layout keeps it clear of the
+    panels)."""
+    outside = len(groups) > PANEL_LEGEND_MAX
+    fig = plt.figure(figsize=(10 + (2.6 if outside else 0), 3.6 * len(metrics) + (0.4 if title else 0)),
+                     layout="constrained")
     axes = fig.subplots(len(metrics), 2, squeeze=False)
     for row, metric in enumerate(metrics):
         for col, xkey in enumerate(("labeled_images", "hours")):
@@ -98,14 +103,17 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
                     continue
                 _, x, _ = mean_std_by_round(runs, xkey)
                 n = f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if count_seeds else ""
-                ax.plot(x, y, marker="o", label=label + n)
-                if len(runs) > 1:
-                    ax.fill_between(x, y - ys, y + ys, alpha=0.2)
+                (line,) = ax.plot(x, y, marker="o", label=label + n)
+                if len(runs) > 1:  # the band in its line's colour (fill_between has a colour cycle of its own)
+                    ax.fill_between(x, y - ys, y + ys, alpha=0.2, color=line.get_color())
             ax.set_xlabel(axis_label(xkey))
             ax.set_ylabel(axis_label(metric))
             ax.grid(alpha=0.3)
-            if ax.lines:
+            if ax.lines and not outside:
                 ax.legend(fontsize=8)
+    if outside:
+        handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

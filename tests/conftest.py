@@ -83,7 +83,8 @@ def figure_spy(monkeypatch):
     def spy(groups, metrics, title, count_seeds):
         fig = real(groups, metrics, title, count_seeds)
         seen["title"] = fig.get_suptitle()
-        seen["legend"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        legend = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
+        seen["legend"] = [t.get_text() for t in legend.get_texts()]
         return fig
 
     monkeypatch.setattr(plots, "ap_vs_cost_figure", spy)

@@ -92,3 +92,34 @@ def test_mean_std_by_round_uses_rounds_every_run_has():
     runs = [[{"round": 0, "mask_AP": 0.2}, {"round": 1, "mask_AP": 0.5}], [{"round": 0, "mask_AP": 0.4}]]
     rounds, mean, std = mean_std_by_round(runs, "mask_AP")
     assert rounds.tolist() == [0] and mean == pytest.approx([0.3]) and std == pytest.approx([0.1 * 2 ** 0.5])
+
+
+def test_many_groups_share_one_legend_beside_the_panels():
+    runs = [[_rec(0, 0.1), _rec(1, 0.3)], [_rec(0, 0.3), _rec(1, 0.5)]]
+    names = [f"s{i}" for i in range(9)]
+    fig = ap_vs_cost_figure({n: runs for n in names}, title="nine strategies")
+    try:
+        assert all(ax.get_legend() is None for ax in fig.axes)
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == [f"{n} (2 seeds)" for n in names]
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(r)
+        assert not any(_overlaps(legend, ax.get_tightbbox(r)) for ax in fig.axes)
+    finally:
+        plt.close(fig)
+
+
+def test_each_band_has_its_lines_colour():
+    one = [[_rec(0, 0.1), _rec(1, 0.3)]]
+    two = [[_rec(0, 0.1), _rec(1, 0.3)], [_rec(0, 0.3), _rec(1, 0.5)]]
+    fig = ap_vs_cost_figure({"a (one seed, no band)": one, "b": two, "c": two})
+    try:
+        from matplotlib.colors import to_rgb
+
+        ax = fig.axes[0]
+        lines, bands = ax.get_lines(), ax.collections
+        assert len(bands) == 2
+        for line, band in zip(lines[1:], bands):
+            assert to_rgb(band.get_facecolor()[0][:3]) == to_rgb(line.get_color())
+    finally:
+        plt.close(fig)
