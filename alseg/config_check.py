@@ -45,13 +45,17 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def _num(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
 def _range_words(low, high, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f" in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f" {'>' if low_open else '>='} {low:g}"
+        return f" {'>' if low_open else '>='} {_num(low)}"
     if high is not None:
-        return f" {'<' if high_open else '<='} {high:g}"
+        return f" {'<' if high_open else '<='} {_num(high)}"
     return ""
 
 
@@ -118,3 +122,13 @@ def integer_list(param: str, value: Any, low: int | None = None, *, none: bool =
             or not all(_is_int(v) and _in_range(v, low, None, False, False) for v in value)):
         raise ParamError(param, f"must be {words}, {_got(value)}")
     return [int(v) for v in value]
+
+
+def config_value(check, key: str, value: Any, *args, **kwargs):
+    """``check(param, value, *args, **kwargs)`` (one of the checks above) for a key of the run's
+    config such as ``seed`` or ``al.rounds``: the ConfigError names the whole dotted key."""
+    try:
+        return check(key, value, *args, **kwargs)
+    except ParamError as e:
+        raise ConfigError(f"{key}: {e.reason}") from None
+

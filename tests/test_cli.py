@@ -98,12 +98,24 @@ def test_bad_data_input(tmp_path, existing_run, case, fragments):
 
 @pytest.mark.parametrize(
     "override, fragment",
-    [("al.policy=sometimes", "al.policy"), ("al.budget=-3", "budget amount"), ("model.norm=weird", "model.norm"),
+    [("al.policy=sometimes", "al.policy"), ("al.budget=-3", "al.budget: must be an integer >= 1, got -3"),
+     ("model.norm=weird", "model.norm"),
+     # Numbers of the run itself: the type and range checked up front, the key named (these once raised a
+     # traceback, or ran with another value: seed=1.5 as seed 1, al.initial=1.5 as 1 image, al.budget=nan
+     # as the whole pool).
+     ("al.rounds=abc", "al.rounds: must be an integer >= 0, got 'abc'"), ("al.rounds=null", "al.rounds: must be"),
+     ("al.rounds=1.5", "al.rounds: must be an integer >= 0, got 1.5"),
+     ("seed=1.5", "seed: must be an integer in [0, 4294967295], got 1.5"), ("seed=true", "seed: must be an integer"),
+     ("al.initial=1.5", "al.initial: must be an image count >= 1 or a fraction of the pool in (0, 1], got 1.5"),
+     ("al.initial=nan", "al.initial: must be an image count"), ("al.initial=inf", "al.initial: must be an image count"),
+     ("al.budget=nan", "al.budget: must be an integer >= 1, got nan"), ("al.budget=inf", "al.budget: must be an integer"),
+     ("al.budget_unit=foo", "al.budget_unit: must be one of images"),
+     ("al.budget_unit=seconds al.budget=nan", "al.budget: must be a number > 0, got nan"),
      ("distributed.timeout_minutes=soon", "distributed.timeout_minutes must be a number of minutes > 0, got 'soon'"),
      ("trainer.schedule.sync_bn=maybe", "trainer.schedule.sync_bn must be true or false")],
 )
 def test_bad_config_values(tmp_path, override, fragment):
-    res = _alseg(tmp_path, override)
+    res = _alseg(tmp_path, *override.split())
     _assert_one_line_error(res, fragment)
     assert not (tmp_path / "runs").exists()
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from alseg.annotation.queries import Query
+from alseg.config_check import choice, config_value, integer, number
 from alseg.errors import ConfigError
 
 # "all": no limit, the strategy's whole list is labeled (APIS: a box and a point for every
@@ -13,6 +14,35 @@ from alseg.errors import ConfigError
 # "seconds_per_instance": seconds times the pool's instance count (an APIS step is 0.9 s per
 # instance; AFIS spends the same seconds on masks, APIS Sec. 3.3 and Fig. 7).
 UNITS = ("images", "instances", "points", "seconds", "all", "seconds_per_instance")
+COUNTED = ("images", "instances", "points")  # whole numbers
+
+
+def budget_of(key: str, amount, unit) -> "Budget":
+    """The Budget that config ``key`` (``al.budget``) gives in unit ``<key>_unit``: an integer >= 1
+    for a counted unit (images, instances, points), a finite number > 0 for seconds, anything for
+    ``all``. ConfigError naming the key otherwise (before anything runs)."""
+    unit = config_value(choice, f"{key}_unit", unit, UNITS)
+    if unit == "all":
+        return Budget(1, "all")
+    if unit in COUNTED:
+        return Budget(config_value(integer, key, amount, 1), unit)
+    return Budget(config_value(number, key, amount, 0, low_open=True), unit)
+
+
+def initial_amount(amount, unit) -> tuple[int | float, str]:
+    """``al.initial`` and ``al.initial_unit`` checked: in images, an integer count >= 1 or a float
+    fraction of the pool in (0, 1] (returned as a float, resolved once the pool is known); else as
+    ``budget_of``. ConfigError naming the key otherwise."""
+    unit = config_value(choice, "al.initial_unit", unit, UNITS)
+    if unit == "images":
+        fraction = isinstance(amount, float) and 0 < amount <= 1
+        count = isinstance(amount, int) and not isinstance(amount, bool) and amount >= 1
+        if not (fraction or count):
+            raise ConfigError(f"al.initial: must be an image count >= 1 or a fraction of the pool in (0, 1], "
+                              f"got {amount!r}")
+        return amount, unit
+    b = budget_of("al.initial", amount, unit)
+    return b.amount, b.unit
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alseg import distributed
-from alseg.annotation.budget import Budget
+from alseg.annotation.budget import Budget, budget_of, initial_amount
 from alseg.annotation.cost import CostTable
 from alseg.annotation.ledger import Ledger
 from alseg.annotation.oracle import Oracle
@@ -56,6 +56,7 @@ from alseg.engine.state import (PHASES, STATE_VERSION, SelectResult, TrainResult
                                 differing_keys, flatten, read_state, under)
 from alseg.engine.trainer import (LogProgressHook, LossAverageHook, ProgressHook, Trainer, TrainerConfig,
                                   check_processes)
+from alseg.config_check import config_value, integer
 from alseg.errors import ConfigError, DataError
 from alseg.files import (DamagedFileError, atomic_torch_save, atomic_write_json, atomic_write_text,
                          atomic_write_bytes, check_zip, load_model_state, make_dirs, missing_as_none, read_bytes,
@@ -103,13 +104,12 @@ class ActiveLearningLoop:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.seed = int(cfg.seed)
+        self.seed = config_value(integer, "seed", cfg.seed, 0, 2**32 - 1)  # numpy's seed range
         self.device = resolve_device(str(cfg.device))
         self.progress = bool(cfg.get("progress", True))
         al = cfg.al
-        self.rounds = int(al.rounds)
-        if self.rounds < 0:
-            raise ConfigError(f"al.rounds must be >= 0, got {self.rounds}")
+        self.rounds = config_value(integer, "al.rounds", al.rounds, 0)
+        self.initial_amount, self.initial_unit = initial_amount(al.initial, al.get("initial_unit", "images"))
         if al.policy not in ("finetune", "reset"):
             raise ConfigError(f"al.policy must be finetune or reset, got {al.policy!r}")
         if al.keep_checkpoints not in ("all", "last"):
@@ -124,7 +124,7 @@ class ActiveLearningLoop:
         if not isinstance(self.log_every, int) or isinstance(self.log_every, bool) or self.log_every < 1:
             raise ConfigError(f"trainer.log_every must be an integer >= 1, got {self.log_every!r}")
         self.transforms = build_transforms(OmegaConf.to_container(cfg.trainer.transforms))
-        self.budget = Budget(float(al.budget), str(al.budget_unit))
+        self.budget = budget_of("al.budget", al.budget, al.budget_unit)
         timeout = (cfg.get("distributed") or {}).get("timeout_minutes", 60)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise ConfigError(f"distributed.timeout_minutes must be a number of minutes > 0, got {timeout!r}")
@@ -136,17 +136,11 @@ class ActiveLearningLoop:
     def _build_data(self) -> DataSplits:
         data: DataSplits = build(self.cfg.dataset, "dataset")
         n = len(data.train.images)
-        init = self.cfg.al.initial
-        unit = str(self.cfg.al.get("initial_unit", "images"))
-        if unit == "all":
-            self.initial_budget = Budget(1, "all")
-        elif unit == "images" and isinstance(init, float) and 0 < init <= 1:
+        init, unit = self.initial_amount, self.initial_unit
+        if unit == "images" and isinstance(init, float):  # a fraction of the pool
             self.initial_budget = Budget(max(1, round(init * n)), "images")
         else:
-            if not isinstance(init, (int, float)) or init <= 0 or (unit == "images" and init < 1):
-                raise ConfigError(f"al.initial must be an image count >= 1, a fraction in (0, 1] or an amount "
-                                  f"in al.initial_unit, got {init!r}")
-            self.initial_budget = Budget(int(init) if unit == "images" else init, unit)
+            self.initial_budget = Budget(init, unit)
         n_inst = sum(len(r.instances) for r in data.train.images)
         self.initial_budget, self.budget = self.initial_budget.resolve(n_inst), self.budget.resolve(n_inst)
         if self.initial_budget.unit == "images" and self.initial_budget.amount > n:
