@@ -531,3 +531,111 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "scored" not in out.out
     assert cli_main(["--ann", str(ann_file), "--keep", "0.5"] + base) == 0
     assert json.loads((tmp_path / "o.json").read_text())["images"] == [img(1)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Input validation of alseg-prune: one line naming the file and the field, exit 2, old outputs kept
+
+
+def _six_images() -> dict:
+    return coco([ann(i, i, 1, rect(2, 2, 10 + i, 12)) for i in range(1, 7)], images=[img(i) for i in range(1, 7)])
+
+
+def _prune_fails(tmp_path, capsys, data, extra=(), base_args=None) -> str:
+    """Run alseg-prune on ``data`` (written to tmp_path/in.json) with a pre-existing --scores file;
+    assert exit 2, a one-line error naming the file and no traceback, the old file unchanged."""
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    old = tmp_path / "old.csv"
+    old.write_text("OLD\n")
+    argv = base_args or ["--out", str(tmp_path / "o.json")]
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--ann", str(src), "--keep", "0.5", *argv, "--scores", str(old), "--workers", "1",
+                  "--no-cache", "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith("alseg-prune: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert old.read_text() == "OLD\n"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]
+    return err
+
+
+@pytest.mark.parametrize("plot", [False, True])
+@pytest.mark.parametrize("where,field,value", [
+    ("images", "height", 2**70), ("images", "width", -(2**63) - 1), ("images", "id", 2**64),
+    ("annotations", "image_id", 2**70), ("annotations", "id", 2**63), ("annotations", "category_id", 2**70),
+    ("categories", "id", 2**70),
+])
+def test_cli_ids_and_sizes_beyond_int64_are_one_line_errors(tmp_path, capsys, where, field, value, plot):
+    data = _six_images()
+    data[where][0][field] = value
+    extra = ["--plot-scores", str(tmp_path / "p.png")] if plot else []
+    err = _prune_fails(tmp_path, capsys, data, extra)
+    assert str(tmp_path / "in.json") in err and f"{where}[0]" in err and f"'{field}' {value}" in err
+    assert "64-bit" in err
+
+
+def test_huge_image_is_invalid_image_size_not_a_memory_error(tmp_path, capsys):
+    data = _six_images()
+    data["images"][0].update(width=10**9, height=10**9)
+    data["annotations"][0]["segmentation"] = [[0, 0, 1e9, 0, 1e9, 1e9, 0, 1e9]]
+    result = score_dataset(data, workers=1)
+    assert result.problems == {"invalid_image_size": 1}
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    assert cli_main(["--ann", str(src), "--keep", "0.5", "--out", str(tmp_path / "o.json"), "--scores",
+                     str(tmp_path / "s.csv"), "--workers", "1", "--no-cache", "--no-progress"]) == 0
+    assert "invalid_image_size=1" in capsys.readouterr().out
+    from alseg.data.validation import MAX_IMAGE_SIDE, image_size, index_images
+
+    assert image_size({"width": MAX_IMAGE_SIDE, "height": 1}) == (1, MAX_IMAGE_SIDE)
+    assert image_size({"width": MAX_IMAGE_SIDE + 1, "height": 1}) is None
+    assert index_images([{"id": 1, "width": 1, "height": MAX_IMAGE_SIDE + 1}]).sizes == {1: None}
+
+
+def test_huge_coordinates_no_overflow_warning():
+    import warnings
+
+    data = _six_images()
+    data["annotations"][0]["segmentation"] = [[-1e308, 0, 1e308, 0, 1e308, 1e308, 0, 1e308]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = score_dataset(data, workers=1)
+    assert result.problems == {"invalid_segmentation": 1}
+
+
+@pytest.mark.parametrize("key", ["images", "annotations", "categories"])
+@pytest.mark.parametrize("value", [None, {"a": 1}])
+def test_cli_malformed_top_level_field_names_the_file(tmp_path, capsys, key, value):
+    data = _six_images()
+    if value is None:
+        del data[key]
+    else:
+        data[key] = value
+    err = _prune_fails(tmp_path, capsys, data)
+    assert str(tmp_path / "in.json") in err and f"'{key}'" in err
+
+
+def test_cli_no_images_names_the_file(tmp_path, capsys):
+    data = _six_images()
+    data["images"] = []
+    err = _prune_fails(tmp_path, capsys, data)
+    assert str(tmp_path / "in.json") in err and "no images to select from" in err
+
+
+def test_cli_output_folder_fails_before_writing(tmp_path, capsys):
+    (tmp_path / "outdir").mkdir()
+    err = _prune_fails(tmp_path, capsys, _six_images(), base_args=["--out", str(tmp_path / "outdir")])
+    assert "--out" in err and str(tmp_path / "outdir") in err and "folder" in err
+
+
+def test_cli_missing_example_images_keep_earlier_outputs(tmp_path, capsys):
+    out = tmp_path / "o.json"
+    out.write_text("OLDJ")
+    (tmp_path / "imgs").mkdir()
+    err = _prune_fails(tmp_path, capsys, _six_images(),
+                       extra=["--plot-examples", str(tmp_path / "pe.png"), "--images", str(tmp_path / "imgs"),
+                              "--plot-scores", str(tmp_path / "ps.png")])
+    assert "imgs" in err and "missing" in err
+    assert out.read_text() == "OLDJ"
+    assert not (tmp_path / "ps.png").exists() and not (tmp_path / "pe.png").exists()

@@ -20,7 +20,8 @@ invalid_annotation          not a JSON object; 'id' / 'image_id' / 'category_id'
 duplicate_annotation_id     an earlier annotation has the same id (pycocotools keeps one of them,
                             so COCOeval would see the other one twice)
 unknown_image               'image_id' names no image of the file
-invalid_image_size          its image entry has no positive integer 'width' / 'height'
+invalid_image_size          its image entry has no positive integer 'width' / 'height' of at most
+                            MAX_IMAGE_SIDE (100,000) pixels
 unknown_category            'category_id' names no category of the file
 invalid_segmentation        missing or of an unsupported type; a polygon part that is not a list
                             of finite numbers or has an odd number of coordinates; coordinates
@@ -47,6 +48,17 @@ finds those when it rasterises).
 
 File-level problems (the fields not lists, malformed image or category entries, duplicate image or
 category ids) are reported by ``index_images`` / ``index_categories``.
+
+Image sizes are bounded: a side (``width`` or ``height``) above ``MAX_IMAGE_SIDE`` = 100,000 pixels
+makes the image's size unusable (``invalid_image_size``, like a width of 0), so that no mask
+rasterised at an image's size (``alseg-prune`` crops, RLE decoding) can ask for an astronomical
+buffer (a 1e9 x 1e9 image would need ~1e18 bytes); 100,000 px is far above any real photograph
+or aerial tile used for instance segmentation.
+
+Integers that do not fit a signed 64-bit integer (ids of images, categories and annotations, image
+'width' / 'height') are not a problem to count but an error: ``index_images``, ``index_categories``
+and ``AnnotationChecker.check`` raise ``DataError`` naming the entry (``images[i]``,
+``categories[i]``, ``annotations[i] (id=N)``) and the field; ``check_coco`` adds the file.
 """
 
 from __future__ import annotations
@@ -102,6 +114,8 @@ REFERENCE_PROBLEMS = (UNKNOWN_IMAGE, INVALID_IMAGE_SIZE, UNKNOWN_CATEGORY)
 FAR_MARGIN = 4.0  # polygon coordinates may lie up to FAR_MARGIN * max(height, width) outside the image
 ZERO_AREA_EPS = 1e-6  # square pixels: polygon parts enclosing less than this count as collinear points
 UINT32_MAX = 2**32
+MAX_IMAGE_SIDE = 100_000  # pixels: a larger 'width' or 'height' is invalid_image_size (see the module docstring)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DEFAULT_CHUNK = 4096
 
 
@@ -110,15 +124,29 @@ def is_int(v: Any) -> bool:
     return type(v) is int or isinstance(v, np.integer)
 
 
+def fits_int64(v: int) -> bool:
+    """An integer that a signed 64-bit integer can hold."""
+    return INT64_MIN <= v <= INT64_MAX
+
+
+def _check_int64(where: str, entry: Mapping, fields: Sequence[str]) -> None:
+    """DataError naming ``where`` and the field when one of ``fields`` of ``entry`` is an integer
+    that does not fit int64 (it could not be stored in the id and size arrays)."""
+    for f in fields:
+        v = entry.get(f)
+        if is_int(v) and not fits_int64(v):
+            raise DataError(f"{where}: '{f}' {v} does not fit a 64-bit integer")
+
+
 def image_size(img: Mapping) -> tuple[int, int] | None:
-    """(height, width) of an image entry, or None when they are not positive integers
-    (integral floats such as 480.0 count as integers; bools and strings do not)."""
+    """(height, width) of an image entry, or None when they are not positive integers of at most
+    ``MAX_IMAGE_SIDE`` (integral floats such as 480.0 count as integers; bools and strings do not)."""
     try:
         h, w = img["height"], img["width"]
         if isinstance(h, (bool, str)) or isinstance(w, (bool, str)):
             return None
         hi, wi = int(h), int(w)
-        if hi != h or wi != w or hi < 1 or wi < 1:
+        if hi != h or wi != w or not (1 <= hi <= MAX_IMAGE_SIDE) or not (1 <= wi <= MAX_IMAGE_SIDE):
             return None
         return hi, wi
     except (KeyError, TypeError, ValueError, OverflowError):
@@ -150,8 +178,9 @@ def index_images(images: Sequence, require_file_name: bool = False) -> ImageInde
 
     An entry without an integer id (or, with ``require_file_name``, without a non-empty string
     'file_name') is ``invalid_image``; a repeated id is ``duplicate_image_id`` (the first entry is
-    kept); an entry without positive integer width / height is indexed with size None and is
-    ``invalid_image_size``.
+    kept); an entry without positive integer width / height (at most ``MAX_IMAGE_SIDE``) is
+    indexed with size None and is ``invalid_image_size``. DataError when an id, width or height is
+    an integer that does not fit int64.
     """
     ids: list[int] = []
     sizes: dict[int, tuple[int, int] | None] = {}
@@ -162,6 +191,8 @@ def index_images(images: Sequence, require_file_name: bool = False) -> ImageInde
             problems.append(FileProblem(f"images[{i}]", "invalid_image", f"not a JSON object ({type(img).__name__})"))
             continue
         iid = img.get("id")
+        _check_int64(f"images[{i}]" + (f" (id={iid})" if is_int(iid) and fits_int64(iid) else ""), img,
+                     ("id", "width", "height"))
         if not is_int(iid):
             problems.append(FileProblem(f"images[{i}]", "invalid_image", f"'id' must be an integer, got {iid!r}"))
             continue
@@ -174,10 +205,12 @@ def index_images(images: Sequence, require_file_name: bool = False) -> ImageInde
             problems.append(FileProblem(f"images[{i}] (id={iid})", "invalid_image",
                                         f"needs a 'file_name', got {img.get('file_name')!r}"))
         h, w = img.get("height"), img.get("width")
-        size = (h, w) if type(h) is int and type(w) is int and h > 0 and w > 0 else image_size(img)
+        size = ((h, w) if type(h) is int and type(w) is int and 0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE
+                else image_size(img))
         if size is None:
             problems.append(FileProblem(f"images[{i}] (id={iid})", "invalid_image_size", "'width' and 'height' must "
-                                        f"be positive integers, got {img.get('width')!r} x {img.get('height')!r}"))
+                                        f"be positive integers of at most {MAX_IMAGE_SIDE}, got "
+                                        f"{img.get('width')!r} x {img.get('height')!r}"))
         first[iid] = i
         ids.append(iid)
         sizes[iid] = size
@@ -187,12 +220,14 @@ def index_images(images: Sequence, require_file_name: bool = False) -> ImageInde
 def index_categories(categories: Sequence, require_name: bool = False) -> tuple[dict[int, dict], list[FileProblem]]:
     """id -> category entry of a COCO 'categories' list (first entry of a duplicated id), and a
     problem for each entry without an integer id (or, with ``require_name``, a string 'name') and
-    each duplicated id."""
+    each duplicated id. DataError when an id is an integer that does not fit int64."""
     cats: dict[int, dict] = {}
     problems: list[FileProblem] = []
     for i, c in enumerate(categories):
         where = f"categories[{i}]"
         cid = c.get("id") if isinstance(c, dict) else None
+        if is_int(cid) and not fits_int64(cid):
+            raise DataError(f"{where}: 'id' {cid} does not fit a 64-bit integer")
         if not is_int(cid) or (require_name and not isinstance(c.get("name"), str)):
             problems.append(FileProblem(where, "invalid_category", "needs an integer 'id'"
                                         + (" and a string 'name'" if require_name else "")))
@@ -464,12 +499,16 @@ class AnnotationChecker:
 
     ``sizes``: image id -> (height, width), None for an image without a usable size (an
     ``ImageIndex.sizes``); ``category_ids``: the file's category ids (None: any). Remembers the
-    annotation ids it has seen, so chunks must be checked in order, each once.
+    annotation ids it has seen, so chunks must be checked in order, each once. ``index_offset``: the
+    position of ``annotations[0]`` in the file's list, for the index an error names (a worker
+    checks a slice of the file).
     """
 
-    def __init__(self, sizes: Mapping[int, tuple[int, int] | None], category_ids: Container[int] | None):
+    def __init__(self, sizes: Mapping[int, tuple[int, int] | None], category_ids: Container[int] | None,
+                 index_offset: int = 0):
         self.sizes = sizes
         self.category_ids = category_ids
+        self.index_offset = index_offset
         self.seen: dict[int, int] = {}
 
     def check(self, annotations: Sequence, start: int, stop: int, geometry: bool = False,
@@ -477,7 +516,8 @@ class AnnotationChecker:
         """Validate ``annotations[start:stop]``: dicts as parsed from JSON, or ``TypedAnnotation``
         (a list decoded by ``TYPED_ANNOTATIONS``, which did the type checks: the same statuses,
         faster). ``texts``: also say why for each problem (slower; used to describe a problem found
-        by the pass over a whole file, not for the pass itself)."""
+        by the pass over a whole file, not for the pass itself). DataError naming the annotation and
+        the field when an 'id', 'image_id' or 'category_id' is an integer that does not fit int64."""
         chunk = annotations[start:stop]
         why: dict[int, str] | None = {} if texts else None
         if not texts and all(type(a) is TypedAnnotation for a in chunk):
@@ -506,9 +546,21 @@ class AnnotationChecker:
             coords_arr = np.zeros(0, np.float64)
             part_arr, inst_arr = np.zeros(1, np.int64), np.zeros(1, np.int64)
             poly_local, hw, rles = poly_local[:0], hw[:0], []
-        return CheckedChunk(start, status, np.asarray(aid_l, dtype=np.int64), np.asarray(iid_l, dtype=np.int64),
-                            np.asarray(cid_l, dtype=np.int64), crowd_arr, poly_local, coords_arr, part_arr, inst_arr,
-                            hw, rles, why)
+        try:
+            ids = [np.asarray(v, dtype=np.int64) for v in (aid_l, iid_l, cid_l)]
+        except OverflowError:
+            self._raise_int64(aid_l, iid_l, cid_l, start)
+        return CheckedChunk(start, status, *ids, crowd_arr, poly_local, coords_arr, part_arr, inst_arr, hw, rles, why)
+
+    def _raise_int64(self, aid_l: list, iid_l: list, cid_l: list, start: int) -> None:
+        """DataError for the first annotation of the chunk with an id that does not fit int64."""
+        for k, vals in enumerate(zip(aid_l, iid_l, cid_l)):
+            for name, v in zip(("id", "image_id", "category_id"), vals):
+                if not fits_int64(v):
+                    aid = vals[0]
+                    where = f"annotations[{self.index_offset + start + k}]" + (f" (id={aid})" if fits_int64(aid) else "")
+                    raise DataError(f"{where}: '{name}' {v} does not fit a 64-bit integer")
+        raise DataError(f"annotations[{self.index_offset + start}..]: an id does not fit a 64-bit integer")
 
     def _scan(self, chunk: Sequence, start: int, why: dict[int, str] | None) -> tuple:
         """The per-annotation checks of dicts as parsed from JSON (any types): status list, ids,
@@ -723,7 +775,8 @@ class AnnotationChecker:
         nxt = np.arange(1, len(xy) + 1)
         nxt[pv1 - 1] = pv0
         x, y = xy[:, 0], xy[:, 1]
-        part_area2 = np.abs(np.add.reduceat(x * y[nxt] - x[nxt] * y, pv0))
+        with np.errstate(over="ignore", invalid="ignore"):  # +-1e308: inf or nan, not near 0, as it should be
+            part_area2 = np.abs(np.add.reduceat(x * y[nxt] - x[nxt] * y, pv0))
         zero = np.add.reduceat(part_area2, inst_arr[:-1]) <= 2 * ZERO_AREA_EPS
         # ... and, to tell collinear points from a figure-eight whose halves cancel, the absolute
         # triangle fan around each part's first point is ~0 too (few candidates: a loop is fine).
@@ -732,7 +785,8 @@ class AnnotationChecker:
             fan = 0.0
             for p, q in zip(a.tolist(), b.tolist()):
                 dxy = xy[p:q] - xy[p]
-                fan += float(np.abs(dxy[:-1, 0] * dxy[1:, 1] - dxy[1:, 0] * dxy[:-1, 1]).sum())
+                with np.errstate(over="ignore", invalid="ignore"):
+                    fan += float(np.abs(dxy[:-1, 0] * dxy[1:, 1] - dxy[1:, 0] * dxy[:-1, 1]).sum())
             zero[j] = fan <= 2 * ZERO_AREA_EPS
 
         bad = ~finite | far | outside | zero
@@ -883,13 +937,17 @@ def check_coco(data: Mapping, source: str = "<memory>", require_names: bool = Fa
                chunk_size: int = DEFAULT_CHUNK) -> CocoCheck:
     """Validate a COCO dict. Raises DataError (naming ``source``) only when 'images', 'annotations'
     or 'categories' is not a list; every other problem is in the returned CocoCheck.
-    ``require_names``: image entries need a 'file_name' and categories a 'name'."""
+    ``require_names``: image entries need a 'file_name' and categories a 'name'. DataError (naming
+    ``source``) too for an id or image size that does not fit int64."""
     if not isinstance(data, Mapping):
         raise DataError(f"{source}: expected a JSON object with 'images', 'annotations', 'categories'")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"{source}: missing or malformed field '{key}' (expected a list)")
-    images = index_images(data["images"], require_file_name=require_names)
-    cats, cat_problems = index_categories(data["categories"], require_name=require_names)
-    report = check_annotations(data["annotations"], images.sizes, cats, chunk_size)
+    try:
+        images = index_images(data["images"], require_file_name=require_names)
+        cats, cat_problems = index_categories(data["categories"], require_name=require_names)
+        report = check_annotations(data["annotations"], images.sizes, cats, chunk_size)
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from None
     return CocoCheck(images, cats, cat_problems, report)

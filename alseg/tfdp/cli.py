@@ -7,6 +7,11 @@ Writes the kept subset as COCO JSON, a CSV ``image_id,score,kept,rank`` (every i
 and optionally per-instance scores; prints images per class before/after, problems, the time of
 each step (load, scoring, select, write) and the peak memory of the command and of its workers.
 
+Every option, output destination (not a folder, in a writable folder) and the --images folder are
+checked before any work; the outputs are then made in temporary files and moved into place
+together only when all of them are made, so a failure at any step (bad data, a missing example
+image) leaves every earlier output file as it was. Errors are one line naming the file (exit 2).
+
 Speed: the file is parsed with msgspec, the annotations left as JSON text that the scoring workers
 parse, validate and score (``alseg.tfdp.scoring.score_raw``); the kept annotations are copied to
 ``--out`` as the input wrote them. With ``--plot-*`` the whole file is parsed here (the figures
@@ -35,7 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from alseg import interrupts
-from alseg.errors import AlsegError, ConfigError
+from alseg.errors import AlsegError, ConfigError, DataError
 from alseg.files import WriteError, make_dirs
 from alseg.tfdp.jsonio import dump_json, gc_paused, read_coco, read_coco_lazy
 from alseg.tfdp.scoring import (
@@ -97,33 +102,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Staged:
+    """Outputs written to temporary files next to their destinations, moved into place together
+    (``commit``) once every output is made; on failure (``discard``) the temporary files are
+    removed and every destination is left as it was."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[Path, Path]] = []  # (temporary file, destination)
+
+    def temp(self, path: Path) -> Path:
+        """A new empty temporary file for ``path`` (same folder, same suffix: matplotlib reads the
+        format from it)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+            os.close(fd)
+        except OSError as e:
+            raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
+        self.files.append((Path(tmp), path))
+        return Path(tmp)
+
+    def write(self, path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
+        """Write a file (text, or bytes with ``binary``) to its temporary file."""
+        tmp = self.temp(path)
+        try:
+            with open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8") as f:
+                write(f)
+        except OSError as e:
+            raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
+
+    def commit(self) -> None:
+        for i, (tmp, path) in enumerate(self.files):
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                self.files = self.files[i:]
+                raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
+        self.files = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.files:
+            tmp.unlink(missing_ok=True)
+        self.files = []
+
+
 def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
     """Write a file (text, or bytes with ``binary``) via a temporary file in the same folder and
     os.replace."""
+    staged = _Staged()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        staged.write(path, write, binary)
+        staged.commit()
+    finally:
+        staged.discard()
 
 
 def _fmt(v: float) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.10g}"
 
 
-def write_image_scores(path: Path, result: ScoreResult, kept: set[int]) -> None:
+def write_image_scores(path: Path, result: ScoreResult, kept: set[int], staged: _Staged | None = None) -> None:
     """``image_id,score,kept,rank`` per image, best first (``rank_images``); an image without a
-    score has an empty score field."""
+    score has an empty score field. ``staged``: written to its temporary file, moved into place by
+    ``staged.commit()``; else written at once (atomically)."""
     ids, scores = result.image_ids, result.image_scores
     order = rank_order(ids, scores)
     ids, scores = ids[order].tolist(), scores[order].tolist()
@@ -135,10 +176,12 @@ def write_image_scores(path: Path, result: ScoreResult, kept: set[int]) -> None:
         f.writelines([f"{i},{'' if s != s else fmt(s)},{k},{r}\r\n"
                       for r, (i, s, k) in enumerate(zip(ids, scores, is_kept), 1)])
 
-    _atomic_write(path, write)
+    staged.write(path, write) if staged is not None else _atomic_write(path, write)
 
 
-def write_instance_scores(path: Path, result: ScoreResult) -> None:
+def write_instance_scores(path: Path, result: ScoreResult, staged: _Staged | None = None) -> None:
+    """``ann_id,image_id,category_id,perimeter,area,score,status`` per non-crowd annotation
+    (``staged`` as in ``write_image_scores``)."""
     s = result.stats
     rows = np.flatnonzero(~s.crowd)
 
@@ -151,7 +194,7 @@ def write_instance_scores(path: Path, result: ScoreResult) -> None:
         for a, i, c, p, ar, sc, st in zip(*cols):
             w.writerow([a, i, c, _fmt(p), _fmt(ar), _fmt(sc), STATUS_NAMES[st]])
 
-    _atomic_write(path, write)
+    staged.write(path, write) if staged is not None else _atomic_write(path, write)
 
 
 def images_per_class(result: ScoreResult, image_ids: np.ndarray | None = None) -> dict[int, int]:
@@ -228,9 +271,27 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{ann}: refusing to overwrite the input annotation file")
     if len(set(resolved)) != len(resolved):
         raise ConfigError("--out, --scores, --instance-scores, --plot-scores and --plot-examples must be different files")
+    names = {out: "--out", scores_csv: "--scores"}
+    names.update({Path(p): f"--{o.replace('_', '-')}" for o, p in (("instance_scores", args.instance_scores),
+                 ("plot_scores", args.plot_scores), ("plot_examples", args.plot_examples)) if p})
     for p in outputs:  # before scoring: an unwritable output is one line now, not after the work
+        if p.is_dir():
+            raise ConfigError(f"{names.get(p, 'output')} {p}: is a folder; give a file name")
         if not os.access(make_dirs(p.parent), os.W_OK):
             raise WriteError(f"{p.parent}: cannot write {p.name} (permission denied); choose a writable folder")
+    # Nothing is written before everything that can fail has succeeded: the outputs go to
+    # temporary files, moved into place together at the end (a failure leaves every old file).
+    staged = _Staged()
+    try:
+        return _run(args, t0, ann, out, scores_csv, plots, staged)
+    finally:
+        staged.discard()
+
+
+def _run(args: argparse.Namespace, t0: float, ann: Path, out: Path, scores_csv: Path, plots: list[Path],
+         staged: _Staged) -> int:
+    """``run`` after the options are checked: load, score, select, then every output staged and
+    committed at once."""
 
     with gc_paused():  # millions of containers: the cyclic collector would rescan them all, often
         t1 = time.perf_counter()
@@ -241,8 +302,11 @@ def run(args: argparse.Namespace) -> int:
         t2 = time.perf_counter()
         result = score_loaded(data, loaded.sha1, variant=args.variant, contour=args.contour, workers=args.workers,
                               cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=not args.no_progress,
-                              lazy=loaded.lazy)
+                              lazy=loaded.lazy, source=str(ann))
         t3 = time.perf_counter()
+        if len(result.image_ids) == 0:
+            raise DataError(f"{ann}: no images to select from (the file has no image entry with an integer "
+                            f"'id'; problems: {', '.join(f'{k}={v}' for k, v in result.problems.items()) or 'none'})")
         k = kept_count(len(result.image_ids), keep=args.keep, count=args.count)
         kept = rank_images(result)[:k]
         kept_set = set(kept)
@@ -252,26 +316,38 @@ def run(args: argparse.Namespace) -> int:
         else:
             pruned = prune_coco(data, kept_set)
             pieces, n_images, n_anns = [dump_json(pruned, loaded.strict)], len(pruned["images"]), len(pruned["annotations"])
-        # the pruned file is written (mostly kernel time, without the GIL) while the CSVs are formatted
-        with ThreadPoolExecutor(1) as pool:
-            pruned_written = pool.submit(_atomic_write, out, lambda f: f.writelines(pieces), binary=True)
-            write_image_scores(scores_csv, result, kept_set)
-            if args.instance_scores:
-                write_instance_scores(Path(args.instance_scores), result)
-            pruned_written.result()
-        if plots:
+        if plots:  # first: they read the example images, which may be missing or unreadable
             from alseg.tfdp.plots import plot_kept_vs_pruned, plot_score_distribution
 
             if args.plot_scores:
-                plot_score_distribution(result, data, args.plot_scores)
+                plot_score_distribution(result, data, staged.temp(Path(args.plot_scores)))
             if args.plot_examples:
-                plot_kept_vs_pruned(result, data, args.images, kept_set, args.plot_examples, n=args.num_examples)
+                plot_kept_vs_pruned(result, data, args.images, kept_set, staged.temp(Path(args.plot_examples)),
+                                    n=args.num_examples)
+        # the pruned file is written (mostly kernel time, without the GIL) while the CSVs are formatted
+        out_tmp = staged.temp(out)
+        with ThreadPoolExecutor(1) as pool:
+            pruned_written = pool.submit(_write_pieces, out, out_tmp, pieces)
+            write_image_scores(scores_csv, result, kept_set, staged)
+            if args.instance_scores:
+                write_instance_scores(Path(args.instance_scores), result, staged)
+            pruned_written.result()
+        staged.commit()
         t5 = time.perf_counter()
         times = {"load": t2 - t1, "scoring": t3 - t2, "select": t4 - t3, "write": t5 - t4}
         print(_summary(data, result, kept, times, t0))
     print(f"wrote {out} ({n_images} images, {n_anns} annotations), {scores_csv}"
           + "".join(f", {p}" for p in [args.instance_scores, *plots] if p))
     return 0
+
+
+def _write_pieces(path: Path, tmp: Path, pieces) -> None:
+    """The pruned JSON's pieces to its temporary file ``tmp`` (errors name ``path``)."""
+    try:
+        with open(tmp, "wb") as f:
+            f.writelines(pieces)
+    except OSError as e:
+        raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

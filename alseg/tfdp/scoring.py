@@ -34,7 +34,12 @@ Choices the paper leaves open, and what this module does:
   ``ScoreResult.problems``; they never stop the run. Two outcomes of the measurement add to them:
   ``empty_mask`` (the rasterised mask has no pixel) and ``zero_area`` (its contour encloses no area,
   e.g. a line one pixel wide). Valid crowd regions are not instances: skipped, counted in
-  ``n_crowd``, not a problem.
+  ``n_crowd``, not a problem. Two faults do stop it, with a ``DataError`` naming the file, the
+  entry and the field: an id (image, category, annotation) or an image 'width' / 'height' that is
+  an integer beyond int64. An image side above ``alseg.data.validation.MAX_IMAGE_SIDE`` (100,000
+  px) is ``invalid_image_size``, so a rasterised crop or decoded RLE is at most that size a side;
+  a mask that still does not fit in memory makes its instance ``invalid_segmentation`` (polygon)
+  or ``invalid_rle``.
 * **Images without any scorable instance** score 0 and so are pruned first. Ties between image
   scores are broken by image id (smaller id first) so that selection is deterministic.
 * **Kept count** for a ratio: ``round(keep * n_images)`` (half up), at least 1.
@@ -308,8 +313,8 @@ def _score_chunk(chunk: _Chunk) -> tuple:
             idx[n_poly + j] = k
             try:
                 per[n_poly + j], area[n_poly + j], st[n_poly + j] = _rle_stats(seg, h, w, contour)
-            except (cv2.error, ValueError, TypeError, OverflowError, UnicodeError):
-                st[n_poly + j] = INVALID_RLE
+            except (cv2.error, ValueError, TypeError, OverflowError, UnicodeError, MemoryError):
+                st[n_poly + j] = INVALID_RLE  # MemoryError: a full-size mask this machine cannot hold
     return chunk.start, idx, per, area, st, time.process_time() - cpu0, peak_rss_kib()
 
 
@@ -534,7 +539,8 @@ def _score_raw_chunk(start: int, payload: bytes, contour: str, context: Mapping 
         anns = TYPED_ANNOTATIONS.decode(payload)  # types checked while parsing: the common case, faster
     except msgspec.DecodeError:
         anns = decode_json(payload)
-    c = AnnotationChecker(ctx["sizes"], ctx["cats"]).check(anns, 0, len(anns), geometry=True, crowd_geometry=False)
+    c = AnnotationChecker(ctx["sizes"], ctx["cats"], index_offset=start).check(anns, 0, len(anns), geometry=True,
+                                                                              crowd_geometry=False)
     # the image id as pruning reads it: the checker's where it read the ids, else looked up
     prune_ok = c.status != INVALID_ANNOTATION
     prune = (c.image_id.copy(), prune_ok)
@@ -652,12 +658,13 @@ def compute_scores(stats: ShapeStats, variant: str) -> np.ndarray:
     return scores
 
 
-def _check_coco(coco: Mapping) -> None:
+def _check_coco(coco: Mapping, source: str = "COCO data") -> None:
+    """DataError naming ``source`` (the file) unless 'images', 'annotations' and 'categories' are lists."""
     if not isinstance(coco, Mapping):
-        raise DataError("COCO data: expected a JSON object with 'images', 'annotations', 'categories'")
+        raise DataError(f"{source}: expected a JSON object with 'images', 'annotations', 'categories'")
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
-            raise DataError(f"COCO data: missing or malformed field '{key}' (expected a list)")
+            raise DataError(f"{source}: missing or malformed field '{key}' (expected a list)")
 
 
 def _index_file(images: Sequence, categories: Sequence) -> tuple[list[int], dict, set, dict[str, int]]:
@@ -734,18 +741,23 @@ def _result(stats: ShapeStats, image_ids: list[int], problems: dict[str, int], v
     )
 
 
-def _score_with(top: Mapping, variant: str, contour: str, progress, stats: Callable) -> ScoreResult:
+def _score_with(top: Mapping, variant: str, contour: str, progress, stats: Callable,
+                source: str = "COCO data") -> ScoreResult:
     """The steps both entry points share: options and file checked, images and categories indexed,
     ``stats(annotations, sizes, category_ids, progress_callback, report)`` -> (ShapeStats, pruning
-    image ids) under a progress bar, then the ScoreResult."""
+    image ids) under a progress bar, then the ScoreResult. A DataError of the validation (an id or
+    size that does not fit int64) names ``source``."""
     _check_options(variant, contour)
-    _check_coco(top)
+    _check_coco(top, source)
     t0 = time.perf_counter()
-    image_ids, sizes, cat_ids, problems = _index_file(top["images"], top["categories"])
     anns = top["annotations"]
     report: dict = {}
-    with _Progress(progress, len(anns)) as callback:
-        st, prune_ids = stats(anns, sizes, cat_ids, callback, report)
+    try:
+        image_ids, sizes, cat_ids, problems = _index_file(top["images"], top["categories"])
+        with _Progress(progress, len(anns)) as callback:
+            st, prune_ids = stats(anns, sizes, cat_ids, callback, report)
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from None
     return _result(st, image_ids, problems, variant, contour, t0, report, prune_ids)
 
 
@@ -755,14 +767,16 @@ def score_dataset(
     contour: str = "largest",
     workers: int | None = None,
     progress: bool | Callable[[int], None] = False,
+    source: str = "COCO data",
 ) -> ScoreResult:
-    """Score every image of a COCO dict (``progress=True``: a tqdm bar on stderr)."""
+    """Score every image of a COCO dict (``progress=True``: a tqdm bar on stderr). ``source``: the
+    file (or other name) that errors about the data name."""
     def stats(anns, sizes, cat_ids, callback, report):
         st = instance_shape_stats(anns, sizes, contour, workers, category_ids=cat_ids, progress=callback,
                                   report=report)
         return st, _prune_image_ids(anns)
 
-    return _score_with(coco_dict, variant, contour, progress, stats)
+    return _score_with(coco_dict, variant, contour, progress, stats, source)
 
 
 def score_raw(
@@ -772,6 +786,7 @@ def score_raw(
     workers: int | None = None,
     progress: bool | Callable[[int], None] = False,
     chunk_size: int | None = None,
+    source: str = "COCO data",
 ) -> ScoreResult:
     """``score_dataset`` of a file read by ``alseg.tfdp.jsonio.read_coco_lazy``: the same result,
     but the annotations stay JSON text (``msgspec.Raw``) in this process. The workers parse,
@@ -785,7 +800,7 @@ def score_raw(
         return instance_shape_stats_raw(raw, sizes, cat_ids, contour, workers, progress=callback,
                                         chunk_size=chunk_size, report=report)
 
-    return _score_with(top, variant, contour, progress, stats)
+    return _score_with(top, variant, contour, progress, stats, source)
 
 
 def _as_id_scores(image_scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -1008,12 +1023,14 @@ def score_loaded(
     use_cache: bool = True,
     progress: bool | Callable[[int], None] = False,
     lazy: bool = False,
+    source: str = "COCO data",
 ) -> ScoreResult:
     """``score_dataset`` (``lazy``: ``score_raw``) of a loaded COCO file, through the score cache.
 
     ``content_sha1``: the sha1 of the file's bytes (``file_sha1``, or ``jsonio.read_coco``); with
     the variant, the contour option and ``SCORING_VERSION`` it names the cache file, so editing the
     file, asking for another variant or changing the scoring code never reuses a cache file.
+    ``source``: the file's name, for the errors about its data.
     """
     _check_options(variant, contour)
     cfile = None
@@ -1023,9 +1040,9 @@ def score_loaded(
         if cached is not None and cached.prune_image_id is not None:
             return cached
     if lazy:
-        result = score_raw(data, variant, contour, workers, progress=progress)
+        result = score_raw(data, variant, contour, workers, progress=progress, source=source)
     else:
-        result = score_dataset(data, variant, contour, workers, progress=progress)
+        result = score_dataset(data, variant, contour, workers, progress=progress, source=source)
     if cfile is not None:
         try:
             save_cached(cfile, result, content_sha1)
@@ -1049,5 +1066,6 @@ def score_file(
     _check_options(variant, contour)
     with gc_paused():
         loaded = read_coco(ann_file, digest=use_cache)
-        result = score_loaded(loaded.data, loaded.sha1, variant, contour, workers, cache_dir, use_cache, progress)
+        result = score_loaded(loaded.data, loaded.sha1, variant, contour, workers, cache_dir, use_cache, progress,
+                              source=str(ann_file))
     return loaded.data, result
