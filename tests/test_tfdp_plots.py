@@ -254,3 +254,78 @@ def test_pruning_curve_bad_input(tmp_path, capsys):
     bad.write_text('{"round": 0, "mask_AP": "high", "pruning_rate": 0.5}\n')
     assert "mask_AP" in _error([str(exp), "--out", out], capsys)
     assert not Path(out).exists()
+
+
+def _curve_run(exp: Path, name: str, rec: dict) -> Path:
+    run = exp / name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "results.jsonl").write_text(json.dumps(rec) + "\n")
+    return run / "results.jsonl"
+
+
+def test_pruning_curve_shows_dollar_strategy_literally(tmp_path, capsys, monkeypatch):
+    import alseg.tools.pruning_curve as pc
+
+    seen = {}
+    real = pc.curve_figure
+
+    def spy(points, metric):
+        fig = real(points, metric)
+        seen["legend"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return fig
+
+    monkeypatch.setattr(pc, "curve_figure", spy)
+    exp = tmp_path / "runs" / "$p$"
+    for seed, ap in enumerate((0.1, 0.2)):
+        _curve_run(exp, f"$x^$_s{seed}", {"round": 0, "strategy": "$x^$ a_b", "initial_strategy": "$x^$ a_b",
+                                          "pool_images": 10, "mask_AP": ap, "labeled_images": 1, "hours": 1})
+    out = tmp_path / "out"
+    assert curve_main([str(exp), "--out", str(out)]) == 0
+    assert seen["legend"] == [r"\$x^\$ a_b (n=2)"]
+    assert _is_png(out / "pruning.png")
+    assert "| $x^$ a_b | 0.900 | 1 | 0.150 ± 0.071 | 2 |" in (out / "pruning.md").read_text()
+
+
+def test_pruning_curve_failure_leaves_previous_outputs(tmp_path, capsys):
+    exp = make_runs(tmp_path)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "pruning.csv").write_text("old csv\n")
+    (out / "pruning.md").write_text("old md\n")
+    (out / "pruning.png").mkdir()
+    assert str(out / "pruning.png") in _error([str(exp), "--out", str(out)], capsys)
+    assert (out / "pruning.csv").read_text() == "old csv\n" and (out / "pruning.md").read_text() == "old md\n"
+    assert sorted(p.name for p in out.iterdir()) == ["pruning.csv", "pruning.md", "pruning.png"]
+
+
+@pytest.mark.parametrize("fields, named, not_named", [
+    ('"labeled_images": 150, "pool_images": 100', ["'labeled_images' (150)", "'pool_images' (100)"], ["pruning_rate'"]),
+    ('"labeled_images": 50, "pool_images": NaN', ["'pool_images'", "nan"], ["must be a number"]),
+    ('"labeled_images": 50, "pool_images": Infinity', ["'pool_images'", "inf"], ["'pruning_rate'"]),
+    ('"labeled_images": -1, "pool_images": 100', ["'labeled_images'", ">= 0"], ["'pruning_rate'"]),
+    ('"labeled_images": 50, "pool_images": 0', ["'pool_images'", "> 0"], ["'pruning_rate'"]),
+    ('"labeled_images": 50, "pool_images": 100, "pruning_rate": Infinity', ["'pruning_rate'", "inf"], []),
+    ('"labeled_images": 50, "pool_images": 100, "mask_AP": 1e308', ["'mask_AP'", "1e+308"], []),
+    ('"labeled_images": 50, "pool_images": 100, "mask_AP": -Infinity', ["'mask_AP'", "-inf"], []),
+])
+def test_pruning_curve_names_the_fields_at_fault(tmp_path, capsys, fields, named, not_named):
+    exp = make_runs(tmp_path)
+    bad = exp / "tfdp_0.5_s0" / "results.jsonl"
+    bad.write_text('{"round": 0, "mask_AP": 0.3, "initial_strategy": "tfdp", ' + fields + "}\n")
+    err = _error([str(exp), "--out", str(tmp_path / "o")], capsys)
+    assert str(bad) in err and "line 1" in err
+    for s in named:
+        assert s in err, err
+    for s in not_named:
+        assert s not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_pruning_curve_null_metric_is_left_out(tmp_path, capsys):
+    exp = make_runs(tmp_path)
+    (exp / "tfdp_0.5_s0" / "results.jsonl").write_text(
+        '{"round": 0, "mask_AP": NaN, "initial_strategy": "tfdp", "labeled_images": 100, "pool_images": 200}\n')
+    out = tmp_path / "o"
+    assert curve_main([str(exp), "--out", str(out)]) == 0
+    md = (out / "pruning.md").read_text()
+    assert "| tfdp | 0.500 | 100 | 0.340 | 1 |" in md and "missing (null or NaN) 'mask_AP'" in md

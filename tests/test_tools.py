@@ -372,3 +372,86 @@ def test_visualize_run(cfg_factory, tmp_path):
     assert checkpoint_rounds(run) == [1]
     path = visualize_run(run, num_images=2, score_threshold=0.0, out=tmp_path / "grid.png")
     assert path.is_file() and path.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- alseg-compare: input faults
+ODD = "$x^$ a_b"  # '$' pairs would be mathtext; '_' and '^' too inside it
+
+
+def _one_run(root: Path, name: str, records: list[dict], config: str = "") -> Path:
+    run = root / "exp" / name
+    run.mkdir(parents=True)
+    if config:
+        (run / "config.yaml").write_text(config)
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run / "results.jsonl"
+
+
+def _rec(k, ap, strategy="random", **kw):
+    return {"round": k, "strategy": strategy, "initial_strategy": strategy, "pool_images": 10, "mask_AP": ap,
+            "labeled_images": k + 1, "hours": k + 1, **kw}
+
+
+def test_compare_shows_dollar_labels_literally(tmp_path, figure_spy, capsys):
+    root = tmp_path / "runs"
+    _one_run(root, "$a$_s0", [_rec(0, 0.1, ODD, seed=0), _rec(1, 0.2, ODD, seed=0)])
+    _one_run(root, "$a$_s1", [_rec(0, 0.3, ODD, seed=1), _rec(1, 0.4, ODD, seed=1)])
+    out = tmp_path / "out"
+    assert compare.main([str(root), "--metric", "mask_AP", "--out", str(out)]) == 0
+    assert figure_spy["legend"] == [r"\$x^\$ a_b (2 seeds)"]  # escaped: shown as written
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(read_csv(out / "compare.csv")) == {(ODD, 0), (ODD, 1)}
+    # A run folder name with '$' in the title (the experiment folder) and a group-by value.
+    (root / "exp").rename(root / "$e^$")
+    assert compare.main([str(root), "--metric", "mask_AP", "--out", str(out)]) == 0
+    assert figure_spy["title"].startswith(r"\$e^\$: mask_AP per strategy")
+
+
+def test_compare_failure_leaves_previous_outputs(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "compare.csv").write_text("old csv\n")
+    (out / "compare.md").write_text("old md\n")
+    (out / "compare.png").mkdir()
+    err = _error(capsys, [str(runs), "--out", str(out)])
+    assert str(out / "compare.png") in err
+    assert (out / "compare.csv").read_text() == "old csv\n" and (out / "compare.md").read_text() == "old md\n"
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.md", "compare.png"]  # no temporaries
+
+
+def test_compare_huge_round_numbers(tmp_path, capsys):
+    import time
+
+    root = tmp_path / "runs"
+    _one_run(root, "s0", [_rec(0, 0.1), _rec(10 ** 12, 0.2, labeled_images=5, hours=5)])
+    _one_run(root, "s1", [_rec(0, 0.3)], config="al:\n  rounds: 1000000000000\n")
+    t = time.monotonic()
+    groups = compare.compare([root], metrics=["mask_AP"], out=tmp_path / "out", show=False)
+    assert time.monotonic() - t < 30
+    assert [r.round for r in groups[0].rows] == [0]
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "lacks 1-999999999999" in md and "lacks 1-1000000000000" in md
+    assert compare._gaps([1, 2, 5], 8) == [(0, 0), (3, 4), (6, 7)] and compare._gaps([0, 1], 2) == []
+
+
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "1e308", "-1e308", "1e13", "true"])
+@pytest.mark.parametrize("key", ["mask_AP", "hours", "labeled_images"])
+def test_compare_rejects_non_finite_and_huge_values(tmp_path, capsys, key, value):
+    root = tmp_path / "runs"
+    good = _one_run(root, "s0", [_rec(0, 0.1), _rec(1, 0.2)])
+    bad = _one_run(root, "s1", [_rec(0, 0.1)])
+    line = json.dumps(_rec(1, 0.3)).replace(f'"{key}": ', f'"{key}": {value}, "_was": ', 1)
+    with open(bad, "a") as f:
+        f.write(line + "\n")
+    err = _error(capsys, [str(root), "--metric", "mask_AP", "--out", str(tmp_path / "out")])
+    assert str(bad) in err and "line 2" in err and f"'{key}'" in err and str(good) not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_null_and_nan_metrics_stay_missing(tmp_path, capsys):
+    root = tmp_path / "runs"
+    _one_run(root, "s0", [_rec(0, 0.1), _rec(1, None)])
+    _one_run(root, "s1", [_rec(0, 0.3), _rec(1, float("nan"))])
+    groups = compare.compare([root], metrics=["mask_AP"], out=tmp_path / "out", show=False)
+    assert groups[0].rows[0].metrics["mask_AP"] == pytest.approx((0.2, 0.2 / 2 ** 0.5))
+    assert groups[0].rows[1].metrics["mask_AP"] is None

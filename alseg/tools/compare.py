@@ -12,6 +12,15 @@ aggregated only where every run of its group has it; incomplete runs are listed 
 Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images and hours: the
 mean over seeds, a band of ± 1 std, the number of seeds per group in the legend, the experiment
 folder and the metrics in the title) to ``--out``.
+
+Input is checked before anything is written; a fault is one line naming the file, the line and the
+key, and exit status 2. The labeled images, hours and compared metrics of a record must be numbers;
+null or NaN (a metric that could not be computed) is missing, anything else must be finite and at
+most ``MAX_ABS`` (1e12) in magnitude: no AP, image count, hour or second count comes near it, and
+below it the mean and std over seeds (and the plot) cannot overflow. Group and folder names are
+shown literally in the figure (``alseg.plots.literal``: a ``$`` is no mathtext). The outputs are
+made first (the PNG in memory), then written to temporary files in ``--out`` and only then moved
+over the previous ones: a fault leaves the previous outputs as they were.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ PROG = "alseg-compare"
 DEFAULT_METRICS = ("mask_AP", "mask_AP50", "box_AP")
 X_KEYS = ("labeled_images", "hours")
 MISSING = "?"
+MAX_ABS = 1e12  # largest magnitude of a compared value (see the module docstring)
 
 
 class CompareError(AlsegError):
@@ -53,17 +63,54 @@ def _show(path: Path) -> str:
         return str(path)
 
 
+def _intervals(rounds: Sequence[int]) -> list[tuple[int, int]]:
+    """[0, 1, 2, 5] -> [(0, 2), (5, 5)]."""
+    out: list[tuple[int, int]] = []
+    for k in sorted(set(rounds)):
+        if out and k == out[-1][1] + 1:
+            out[-1] = (out[-1][0], k)
+        else:
+            out.append((k, k))
+    return out
+
+
+def _gaps(rounds: Sequence[int], stop: int) -> list[tuple[int, int]]:
+    """The intervals of 0 .. stop - 1 not in ``rounds``, without listing them one by one (a round
+    number or al.rounds may be huge): ([1, 2, 5], 8) -> [(0, 0), (3, 4), (6, 7)]."""
+    out, nxt = [], 0
+    for lo, hi in _intervals(rounds):
+        if lo >= stop:
+            break
+        if lo > nxt:
+            out.append((nxt, lo - 1))
+        nxt = hi + 1
+    if nxt < stop:
+        out.append((nxt, stop - 1))
+    return out
+
+
+def _fmt_intervals(intervals: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in intervals) or "none"
+
+
 def _ranges(rounds: Sequence[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
-    out, rs = [], sorted(rounds)
-    i = 0
-    while i < len(rs):
-        j = i
-        while j + 1 < len(rs) and rs[j + 1] == rs[j] + 1:
-            j += 1
-        out.append(str(rs[i]) if i == j else f"{rs[i]}-{rs[j]}")
-        i = j + 1
-    return ", ".join(out) or "none"
+    return _fmt_intervals(_intervals(rounds))
+
+
+def number(rec: dict, key: str, where: str, error: type[AlsegError] | None = None) -> float | None:
+    """``rec[key]`` as a float, None where missing (absent, null or NaN). Raises ``error`` (default
+    CompareError) naming ``where`` and the key unless it is a finite number of magnitude at most
+    ``MAX_ABS``."""
+    error = error or CompareError
+    v = rec.get(key)
+    if _missing(v):
+        return None
+    if not _is_number(v):
+        raise error(f"{where}: '{key}' must be a number, got {v!r}")
+    if not abs(v) <= MAX_ABS:  # also inf; a huge int is compared exactly
+        raise error(f"{where}: '{key}' must be a finite number of magnitude at most {MAX_ABS:g}, got {v!r}")
+    return float(v)
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -174,8 +221,7 @@ def read_results(path: Path) -> Run:
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise CompareError(f"{where}: needs an integer 'round' >= 0, got {k!r}")
         for key in X_KEYS:
-            if key in rec and not _is_number(rec[key]):
-                raise CompareError(f"{where}: '{key}' must be a number, got {rec[key]!r}")
+            number(rec, key, where)
         if k in by_round:
             notes.append(f"{_show(path)}: round {k} appears on lines {lines[k]} and {n}; line {n} is used")
         by_round[k] = rec
@@ -235,15 +281,21 @@ def _mean_std(runs: list[Run], k: int, key: str) -> tuple[float, float] | None:
     (absent, null and NaN are missing)."""
     vals = []
     for run in runs:
-        rec = run.record(k)
-        if not _has(rec, key):
+        v = number(run.record(k), key, f"{run.results}, line {run.lines[k]}")
+        if v is None:
             return None
-        v = rec[key]
-        if not _is_number(v):
-            raise CompareError(f"{run.results}, line {run.lines[k]}: '{key}' must be a number, got {v!r}")
-        vals.append(float(v))
-    a = np.asarray(vals, dtype=float)
+        vals.append(v)
+    a = np.asarray(vals, dtype=float)  # |values| <= MAX_ABS: no overflow
     return float(a.mean()), float(seed_std(a))
+
+
+def check_values(runs: list[Run], keys: Sequence[str], error: type[AlsegError] | None = None) -> None:
+    """Every used record's ``keys``: missing, or a finite number (``number``); up front, before any
+    output."""
+    for run in runs:
+        for rec in run.records:
+            for key in keys:
+                number(rec, key, f"{run.results}, line {run.lines[rec['round']]}", error)
 
 
 def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[str, list[Run]]:
@@ -277,10 +329,10 @@ def aggregate(label: str, runs: list[Run], metrics: Sequence[str], keys: Sequenc
     expected = [r.expected_rounds() for r in runs]
     target = max([max(union) + 1] + [e for e in expected if e])
     for run in runs:
-        missing = sorted(set(range(target)) - set(run.rounds))
+        missing = _gaps(run.rounds, target)  # intervals: target may be huge (al.rounds: 1e12)
         if missing:
             notes.append(f"incomplete run {run.name} ({label}): has rounds {_ranges(run.rounds)}, "
-                         f"lacks {_ranges(missing)}")
+                         f"lacks {_fmt_intervals(missing)}")
     dropped = sorted(union - set(common))
     if dropped:
         notes.append(f"group {label}: round(s) {_ranges(dropped)} not aggregated (not in all {len(runs)} runs)")
@@ -415,14 +467,44 @@ def plot_title(groups: list[Group], metrics: Sequence[str], group_header: str) -
             "seeds per group in the legend")
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+def write_outputs(out: Path, files: dict[str, str | bytes], error: type[AlsegError] | None = None) -> None:
+    """Write ``files`` (name -> text or bytes) into the folder ``out``, all or none: the destinations
+    are checked first, every file is written to a temporary file beside it, and only when all are
+    written are they moved over the previous outputs. A fault raises ``error`` (default CompareError)
+    naming the file and leaves the previous outputs as they were."""
+    error = error or CompareError
+    for name in files:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            raise error(f"{path}: is a folder, not a file; cannot write the {name} output there")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CompareError(f"{path}: cannot be written ({e})") from None
+        raise error(f"{out}: cannot create output folder ({e})") from None
+    tmps: dict[Path, Path] = {}
+    try:
+        for name, content in files.items():
+            path = out / name
+            tmp = out / f".{name}.tmp"
+            try:
+                if isinstance(content, bytes):
+                    tmp.write_bytes(content)
+                else:
+                    tmp.write_text(content)
+            except OSError as e:
+                if tmp.is_file():
+                    tmp.unlink()
+                raise error(f"{path}: cannot be written ({e})") from None
+            tmps[path] = tmp
+        for path, tmp in list(tmps.items()):
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise error(f"{path}: cannot be written ({e})") from None
+            del tmps[path]
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
 
 
 def _split(values: list[str] | None, default: Sequence[str]) -> list[str]:
@@ -456,29 +538,25 @@ def compare(paths: Sequence[str | os.PathLike], metrics: Sequence[str] = DEFAULT
     unknown = [m for m in metrics if not any(m in rec for r in runs for rec in r.records)]
     if unknown:
         raise CompareError(f"--metric {unknown[0]}: in no results.jsonl; available: {', '.join(available)}")
+    check_values(runs, [*X_KEYS, *metrics])
     group_header = " / ".join(group_by)
     grouped = group_runs(runs, group_by, notes)
     groups = [aggregate(label, rs, metrics, group_by, notes) for label, rs in grouped.items()]
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CompareError(f"{out}: cannot create output folder ({e})") from None
-    _write_text(out / "compare.csv", to_csv(groups, metrics, group_header))
-    _write_text(out / "compare.md", to_markdown(groups, metrics, group_header, notes))
-
-    from alseg.plots import plot_ap_vs_cost
+    import alseg.plots as plots
 
     plot_groups = {}
     for g in groups:
         keep = set(g.plot_rounds)
         if keep:
             plot_groups[g.label] = [[r for r in run.records if r["round"] in keep] for run in g.runs]
-    try:
-        plot_ap_vs_cost(plot_groups, out / "compare.png", metrics=tuple(metrics),
-                        title=plot_title(groups, metrics, group_header))
-    except OSError as e:
-        raise CompareError(f"{out / 'compare.png'}: cannot be written ({e})") from None
+    # Everything is made before anything is written (the PNG in memory): a fault leaves the
+    # previous outputs as they were.
+    fig = plots.ap_vs_cost_figure(plot_groups, tuple(metrics), plot_title(groups, metrics, group_header), True)
+    png = plots.figure_png(fig, out / "compare.png")
+    write_outputs(out, {"compare.csv": to_csv(groups, metrics, group_header),
+                        "compare.md": to_markdown(groups, metrics, group_header, notes),
+                        "compare.png": png})
 
     if show:
         print_table(groups, metrics, group_header, notes)

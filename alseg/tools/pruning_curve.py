@@ -11,6 +11,14 @@ else ``1 - labeled_images / pool_images``, rounded to 3 decimals). Per group: ``
 images, and mean ± std of the metric (std: sample std, ddof=1, as alseg-compare). Writes
 ``pruning.csv``, ``pruning.md`` and ``pruning.png`` (the metric against the pruning rate, one line per
 strategy, a band of ± one std) to ``--out``.
+
+Input is checked before anything is written, as by alseg-compare (``alseg.tools.compare.number``):
+the metric, ``pruning_rate``, ``labeled_images`` and ``pool_images`` must be finite numbers of
+magnitude at most 1e12 where given (null or NaN: missing; a run whose metric is missing is left out,
+with a note); ``pruning_rate`` in [0, 1]; without it, 0 <= ``labeled_images`` <= ``pool_images``,
+``pool_images`` > 0, and a fault names those fields. Strategy names and the metric are shown
+literally in the figure (``alseg.plots.literal``). All outputs are made first (the PNG in memory)
+and then moved over the previous ones: a fault leaves them as they were.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import numpy as np
 
 from alseg.errors import AlsegError
 from alseg.spread import seed_std
-from alseg.tools.compare import MISSING, Run, _is_number, _write_text, print_grouped_table, read_finished_runs
+from alseg.tools.compare import MISSING, Run, _is_number, number, print_grouped_table, read_finished_runs, write_outputs
 
 PROG = "pruning_curve"
 DEFAULT_METRIC = "mask_AP"
@@ -78,20 +86,33 @@ def strategy_of(run: Run) -> str | None:
     return None if v is None else str(v)
 
 
+def _number(run: Run, key: str) -> float | None:
+    """The last record's ``key``: None where missing (absent, null, NaN); else a finite number."""
+    return number(run.records[-1], key, _where(run), PruningCurveError)
+
+
 def pruning_rate_of(run: Run) -> float:
+    """``pruning_rate`` of the last record, else 1 - labeled_images / pool_images; a fault names the
+    fields the record has."""
     rec = run.records[-1]
-    rate = rec.get("pruning_rate")
-    if rate is None:
-        labeled, pool = rec.get("labeled_images"), rec.get("pool_images")
-        if not (_is_number(labeled) and _is_number(pool)):
-            raise PruningCurveError(f"{_where(run)}: no 'pruning_rate' (nor 'labeled_images' and 'pool_images')")
+    rate = _number(run, "pruning_rate")
+    labeled, pool = _number(run, "labeled_images"), _number(run, "pool_images")
+    if labeled is not None and labeled < 0:
+        raise PruningCurveError(f"{_where(run)}: 'labeled_images' must be >= 0, got {labeled:g}")
+    if rate is not None:
+        if not 0.0 <= rate <= 1.0:
+            raise PruningCurveError(f"{_where(run)}: 'pruning_rate' must be in [0, 1], got {rate:g}")
+    else:
+        if labeled is None or pool is None:
+            lacks = " and ".join(f"'{k}'" + ("" if k not in rec else f" ({rec[k]!r})")
+                                 for k, v in (("labeled_images", labeled), ("pool_images", pool)) if v is None)
+            raise PruningCurveError(f"{_where(run)}: no 'pruning_rate', and no {lacks} to compute it from")
         if pool <= 0:
-            raise PruningCurveError(f"{_where(run)}: 'pool_images' must be > 0, got {pool!r}")
+            raise PruningCurveError(f"{_where(run)}: 'pool_images' must be > 0, got {pool:g}")
+        if labeled > pool:
+            raise PruningCurveError(f"{_where(run)}: 'labeled_images' ({labeled:g}) exceeds 'pool_images' "
+                                    f"({pool:g}); no pruning rate (1 - labeled / pool) in [0, 1]")
         rate = 1.0 - labeled / pool
-    if not _is_number(rate) or not np.isfinite(rate):
-        raise PruningCurveError(f"{_where(run)}: 'pruning_rate' must be a number, got {rate!r}")
-    if not 0.0 <= rate <= 1.0:
-        raise PruningCurveError(f"{_where(run)}: 'pruning_rate' must be in [0, 1], got {rate!r}")
     return round(float(rate), DECIMALS) + 0.0  # + 0.0: no '-0.0'
 
 
@@ -114,17 +135,17 @@ def collect(paths: Sequence[str | os.PathLike], metric: str, notes: list[str]) -
             strategy = MISSING
             notes.append(f"{run.name}: no 'initial_strategy' in results.jsonl nor 'al.initial_strategy.name' "
                          f"in config.yaml; grouped under '{MISSING}'")
-        if metric not in rec:
-            notes.append(f"{run.name}: no '{metric}' in its last record; left out")
+        v = _number(run, metric)
+        if v is None:
+            what = "no" if metric not in rec else "a missing (null or NaN)"
+            notes.append(f"{run.name}: {what} '{metric}' in its last record; left out")
             continue
-        v = rec[metric]
-        if not _is_number(v) or not np.isfinite(v):
-            raise PruningCurveError(f"{_where(run)}: '{metric}' must be a finite number, got {v!r}")
         p = points.setdefault((strategy, rate), Point(strategy, rate))
         p.runs.append(run)
-        p.values.append(float(v))
-        if _is_number(rec.get("labeled_images")):
-            p.kept.append(float(rec["labeled_images"]))
+        p.values.append(v)
+        kept = _number(run, "labeled_images")
+        if kept is not None:
+            p.kept.append(kept)
     for p in points.values():
         seeds = [r.value("seed") for r in p.runs]
         dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1}, key=str)
@@ -188,11 +209,12 @@ def print_table(points: list[Point], metric: str, notes: list[str]) -> None:
     print_grouped_table(f"{PROG}: {metric} (mean ± std over seeds)", header, rows, notes, [metric])
 
 
-def plot_curve(points: list[Point], metric: str, path: str | Path) -> Path:
-    """The metric against the pruning rate, one line per strategy (mean), a band of ± one std."""
-    from alseg.plots import plt, save_figure
+def curve_figure(points: list[Point], metric: str):
+    """The metric against the pruning rate, one line per strategy (mean), a band of ± one std
+    (matplotlib Figure, open; laid out when drawn). Strategy names and the metric are shown literally."""
+    from alseg.plots import literal, plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="tight")
     by_strategy: dict[str, list[Point]] = {}
     for p in points:
         by_strategy.setdefault(p.strategy, []).append(p)
@@ -203,17 +225,23 @@ def plot_curve(points: list[Point], metric: str, path: str | Path) -> Path:
         s = np.array([p.std for p in ps])
         ns = sorted({p.n for p in ps})
         n = f" (n={ns[0]})" if len(ns) == 1 else f" (n={ns[0]}-{ns[-1]})"
-        (line,) = ax.plot(x, y, marker="o", label=strategy + n)
+        (line,) = ax.plot(x, y, marker="o", label=literal(strategy + n))
         if max(ns) > 1:
             ax.fill_between(x, y - s, y + s, alpha=0.2, color=line.get_color())
     ax.set_xlabel("pruning rate (1 - kept / pool images)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(literal(metric))
     ax.grid(alpha=0.3)
     if by_strategy:
         ax.legend(fontsize=8)
-    ax.set_title(f"{metric} against pruning rate (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    ax.set_title(literal(f"{metric} against pruning rate (mean ± std over seeds)"), fontsize=10)
+    return fig
+
+
+def plot_curve(points: list[Point], metric: str, path: str | Path) -> Path:
+    """Write ``curve_figure(points, metric)`` to ``path`` (PNG, atomically); returns the path."""
+    from alseg.plots import save_figure
+
+    return save_figure(curve_figure(points, metric), path)
 
 
 def pruning_curve(paths: Sequence[str | os.PathLike], metric: str = DEFAULT_METRIC,
@@ -222,13 +250,13 @@ def pruning_curve(paths: Sequence[str | os.PathLike], metric: str = DEFAULT_METR
     out = Path(out)
     notes: list[str] = []
     points = collect(paths, metric, notes)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PruningCurveError(f"{out}: cannot create output folder ({e})") from None
-    _write_text(out / "pruning.csv", to_csv(points, metric))
-    _write_text(out / "pruning.md", to_markdown(points, metric, notes))
-    plot_curve(points, metric, out / "pruning.png")
+    from alseg.plots import figure_png
+
+    # Everything is made before anything is written (the PNG in memory): a fault leaves the
+    # previous outputs as they were.
+    png = figure_png(curve_figure(points, metric), out / "pruning.png")
+    write_outputs(out, {"pruning.csv": to_csv(points, metric), "pruning.md": to_markdown(points, metric, notes),
+                        "pruning.png": png}, PruningCurveError)
     if show:
         print_table(points, metric, notes)
         n_runs = sum(p.n for p in points)
