@@ -191,8 +191,12 @@ def index_images(images: Sequence, require_file_name: bool = False) -> ImageInde
             problems.append(FileProblem(f"images[{i}]", "invalid_image", f"not a JSON object ({type(img).__name__})"))
             continue
         iid = img.get("id")
-        _check_int64(f"images[{i}]" + (f" (id={iid})" if is_int(iid) and fits_int64(iid) else ""), img,
-                     ("id", "width", "height"))
+        h, w = img.get("height"), img.get("width")
+        fast = (type(iid) is int and INT64_MIN <= iid <= INT64_MAX and type(h) is int and type(w) is int
+                and 0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE)  # the common entry, checked in one go
+        if not fast:
+            _check_int64(f"images[{i}]" + (f" (id={iid})" if is_int(iid) and fits_int64(iid) else ""), img,
+                         ("id", "width", "height"))
         if not is_int(iid):
             problems.append(FileProblem(f"images[{i}]", "invalid_image", f"'id' must be an integer, got {iid!r}"))
             continue
@@ -204,9 +208,7 @@ def index_images(images: Sequence, require_file_name: bool = False) -> ImageInde
         if require_file_name and not (isinstance(img.get("file_name"), str) and img["file_name"]):
             problems.append(FileProblem(f"images[{i}] (id={iid})", "invalid_image",
                                         f"needs a 'file_name', got {img.get('file_name')!r}"))
-        h, w = img.get("height"), img.get("width")
-        size = ((h, w) if type(h) is int and type(w) is int and 0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE
-                else image_size(img))
+        size = (h, w) if fast else image_size(img)
         if size is None:
             problems.append(FileProblem(f"images[{i}] (id={iid})", "invalid_image_size", "'width' and 'height' must "
                                         f"be positive integers of at most {MAX_IMAGE_SIDE}, got "
