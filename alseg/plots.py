@@ -1,9 +1,9 @@
 """Plots of AP against annotation effort (labeled images and annotation hours).
 
-Text that comes from user data (strategy and group names, run and experiment folder names, metric
-keys) goes through ``literal`` before matplotlib sees it: matplotlib would read a pair of ``$`` as
-mathtext (``$x^$`` fails to parse, ``a_$b$`` renders a subscript), so ``$`` is escaped and the text
-is shown as written.
+Every figure of alseg is drawn with mathtext off (``text.parse_math``, set when this module is
+imported; every plotting module of alseg imports it): the texts come from user data (strategy and
+group names, run and experiment folder names, class names, metric keys) and matplotlib would read a
+pair of ``$`` as mathtext (``$x^$`` fails to parse, ``a_$b$`` renders a subscript).
 """
 
 from __future__ import annotations
@@ -13,17 +13,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["text.parse_math"] = False  # texts are data: see the module docstring
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from alseg.spread import seed_std  # noqa: E402
-
-
-def literal(text: object) -> str:
-    """``text`` (a label, title or axis label made from user data) as matplotlib shows it literally:
-    every ``$`` escaped (``\\$``), so no mathtext is parsed. Other characters (``_``, ``^``, ``\\``)
-    are literal already outside mathtext."""
-    return str(text).replace("$", r"\$")
 
 
 def mean_std_by_round(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,7 +96,7 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
     run. Legend entries are the group labels, with "(n seeds)" when ``count_seeds``: in every panel
     for up to ``PANEL_LEGEND_MAX`` groups, else once, right of the panels (a 9-strategy legend would
     hide the curves). ``title`` is the figure's suptitle (constrained layout keeps it clear of the
-    panels). Group labels, metric keys and the title are shown literally (``literal``)."""
+    panels)."""
     outside = len(groups) > PANEL_LEGEND_MAX
     fig = plt.figure(figsize=(10 + (2.6 if outside else 0), 3.6 * len(metrics) + (0.4 if title else 0)),
                      layout="constrained")
@@ -116,11 +110,11 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
                     continue
                 _, x, _ = mean_std_by_round(runs, xkey)
                 n = f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if count_seeds else ""
-                (line,) = ax.plot(x, y, marker="o", label=literal(label + n))
+                (line,) = ax.plot(x, y, marker="o", label=label + n)
                 if len(runs) > 1:  # the band in its line's colour (fill_between has a colour cycle of its own)
                     ax.fill_between(x, y - ys, y + ys, alpha=0.2, color=line.get_color())
-            ax.set_xlabel(literal(axis_label(xkey)))
-            ax.set_ylabel(literal(axis_label(metric)))
+            ax.set_xlabel(axis_label(xkey))
+            ax.set_ylabel(axis_label(metric))
             ax.grid(alpha=0.3)
             if ax.lines and not outside:
                 ax.legend(fontsize=8)
@@ -128,7 +122,7 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
         handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
         fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     if title:
-        fig.suptitle(literal(title), fontsize=10)
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -123,3 +123,18 @@ def test_each_band_has_its_lines_colour():
             assert to_rgb(band.get_facecolor()[0][:3]) == to_rgb(line.get_color())
     finally:
         plt.close(fig)
+
+
+def test_every_alseg_figure_draws_dollar_texts_as_written():
+    """Class names, file names and titles with '$' (eda, visualize, the TFDP examples) are data:
+    mathtext is off for every figure once alseg.plots is imported."""
+    fig, ax = plt.subplots()
+    try:
+        ax.set_title("$x^$ class a_$b$")
+        ax.bar([0], [1], label="$cat$")
+        ax.legend()
+        fig.suptitle("file $1^.png")
+        fig.canvas.draw()  # mathtext would fail on '$x^$'
+        assert ax.get_title() == "$x^$ class a_$b$"
+    finally:
+        plt.close(fig)

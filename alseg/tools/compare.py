@@ -18,7 +18,7 @@ key, and exit status 2. The labeled images, hours and compared metrics of a reco
 null or NaN (a metric that could not be computed) is missing, anything else must be finite and at
 most ``MAX_ABS`` (1e12) in magnitude: no AP, image count, hour or second count comes near it, and
 below it the mean and std over seeds (and the plot) cannot overflow. Group and folder names are
-shown literally in the figure (``alseg.plots.literal``: a ``$`` is no mathtext). The outputs are
+shown literally in the figure (mathtext off, ``alseg.plots``: a ``$`` is no mathtext). The outputs are
 made first (the PNG in memory), then written to temporary files in ``--out`` and only then moved
 over the previous ones: a fault leaves the previous outputs as they were.
 """

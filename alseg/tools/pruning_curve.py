@@ -17,7 +17,7 @@ the metric, ``pruning_rate``, ``labeled_images`` and ``pool_images`` must be fin
 magnitude at most 1e12 where given (null or NaN: missing; a run whose metric is missing is left out,
 with a note); ``pruning_rate`` in [0, 1]; without it, 0 <= ``labeled_images`` <= ``pool_images``,
 ``pool_images`` > 0, and a fault names those fields. Strategy names and the metric are shown
-literally in the figure (``alseg.plots.literal``). All outputs are made first (the PNG in memory)
+literally in the figure (mathtext off, ``alseg.plots``). All outputs are made first (the PNG in memory)
 and then moved over the previous ones: a fault leaves them as they were.
 """
 
@@ -212,7 +212,7 @@ def print_table(points: list[Point], metric: str, notes: list[str]) -> None:
 def curve_figure(points: list[Point], metric: str):
     """The metric against the pruning rate, one line per strategy (mean), a band of ± one std
     (matplotlib Figure, open; laid out when drawn). Strategy names and the metric are shown literally."""
-    from alseg.plots import literal, plt
+    from alseg.plots import plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="tight")
     by_strategy: dict[str, list[Point]] = {}
@@ -225,15 +225,15 @@ def curve_figure(points: list[Point], metric: str):
         s = np.array([p.std for p in ps])
         ns = sorted({p.n for p in ps})
         n = f" (n={ns[0]})" if len(ns) == 1 else f" (n={ns[0]}-{ns[-1]})"
-        (line,) = ax.plot(x, y, marker="o", label=literal(strategy + n))
+        (line,) = ax.plot(x, y, marker="o", label=strategy + n)
         if max(ns) > 1:
             ax.fill_between(x, y - s, y + s, alpha=0.2, color=line.get_color())
     ax.set_xlabel("pruning rate (1 - kept / pool images)")
-    ax.set_ylabel(literal(metric))
+    ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if by_strategy:
         ax.legend(fontsize=8)
-    ax.set_title(literal(f"{metric} against pruning rate (mean ± std over seeds)"), fontsize=10)
+    ax.set_title(f"{metric} against pruning rate (mean ± std over seeds)", fontsize=10)
     return fig
 
 
