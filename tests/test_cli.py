@@ -294,7 +294,7 @@ def _bad_coco(tmp_path, case):
         ("duplicate_id", ["annotations[1] (id=1): duplicate annotation id 1 (also annotations[0])"]),
         ("iscrowd_2", ["annotations[1] (id=2): 'iscrowd' must be 0 or 1, got 2"]),
         ("unknown_image_under_skip", ["annotations[1] (id=2): unknown image_id 5", "right annotation file"]),
-        ("image_width_0", ["ann.json: images[0] (id=1): 'width' and 'height' must be positive integers, got 0 x 8"]),
+        ("image_width_0", ["ann.json: images[0] (id=1): 'width' and 'height' must be positive integers of at most 100000, got 0 x 8"]),
     ],
 )
 def test_malformed_annotations_are_one_line_errors(tmp_path, existing_run, case, fragments):
