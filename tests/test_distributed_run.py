@@ -101,10 +101,11 @@ def test_a_selection_on_two_processes_equals_the_single_process_one(tmp, strateg
     ("trainer.schedule.batch_size=3", "alseg: error: trainer.schedule.batch_size (3) must be a multiple of the "
                                       "number of processes (2)"),
     # Met by rank 0 alone in round 1's selection (after round 0 was written): shared with rank 1.
-    ("al.budget=0.5", "alseg: error: round 1: strategy 'taudis' selected nothing within the budget"),
+    # (1 second of annotation: no image's masks cost that little.)
+    ("al.budget_unit=seconds al.budget=1", "alseg: error: round 1: strategy 'taudis' selected nothing within the budget"),
 ])
 def test_a_bad_config_on_two_processes_is_one_line(tmp, override, line):
-    proc = _torchrun(tmp, "strategy=taudis", f"run_name=bad_{override.split('=')[0]}", override, wait=False)
+    proc = _torchrun(tmp, "strategy=taudis", f"run_name=bad_{override.split('=')[0]}", *override.split(), wait=False)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     errors = [x for x in out.splitlines() if x.startswith("alseg: error")]

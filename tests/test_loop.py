@@ -110,7 +110,7 @@ def test_more_rounds_extend_a_finished_run_and_other_changes_are_refused(cfg_fac
         ("al.budget=30", "al.budget"),
         ("al.rounds=10", "exceeds the pool of 24 images"),
         ("al.policy=sometimes", "al.policy"),
-        ("al.budget_unit=hours", "budget unit"),
+        ("al.budget_unit=hours", "al.budget_unit: must be one of images"),
         ("trainer.schedule.lr=-1", "trainer.schedule.lr"),
         ("model.backbone=vgg", "model.backbone"),
         ("model.anchor_sizes=[8,16]", "model.anchor_sizes"),
