@@ -20,7 +20,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from alseg import interrupts
 from alseg.errors import AlsegError, DataError
@@ -90,6 +90,54 @@ def make_dirs(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise write_error(path, e) from None
     return path
+
+
+class StagedFiles:
+    """Outputs written to temporary files next to their destinations, moved into place together
+    (``commit``) once every output is made; on failure (``discard``) the temporary files are
+    removed and every destination is left as it was. A fault raises ``error`` (an AlsegError class)
+    naming the destination."""
+
+    def __init__(self, error: type | None = None) -> None:
+        from alseg.errors import AlsegError
+
+        self.error = error or AlsegError
+        self.files: list[tuple[Path, Path]] = []  # (temporary file, destination)
+
+    def temp(self, path: Path) -> Path:
+        """A new empty temporary file for ``path`` (same folder, same suffix: matplotlib reads the
+        format from it)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+            os.close(fd)
+        except OSError as e:
+            raise self.error(f"{path}: cannot write ({e.strerror or e})") from None
+        self.files.append((Path(tmp), path))
+        return Path(tmp)
+
+    def write(self, path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
+        """Write a file (text, or bytes with ``binary``) to its temporary file."""
+        tmp = self.temp(path)
+        try:
+            with open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8") as f:
+                write(f)
+        except OSError as e:
+            raise self.error(f"{path}: cannot write ({e.strerror or e})") from None
+
+    def commit(self) -> None:
+        for i, (tmp, path) in enumerate(self.files):
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                self.files = self.files[i:]
+                raise self.error(f"{path}: cannot write ({e.strerror or e})") from None
+        self.files = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.files:
+            tmp.unlink(missing_ok=True)
+        self.files = []
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

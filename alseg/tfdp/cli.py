@@ -31,7 +31,6 @@ import io
 import math
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,7 +40,7 @@ import numpy as np
 
 from alseg import interrupts
 from alseg.errors import AlsegError, ConfigError, DataError
-from alseg.files import WriteError, make_dirs
+from alseg.files import StagedFiles, WriteError, make_dirs
 from alseg.tfdp.jsonio import dump_json, gc_paused, read_coco, read_coco_lazy
 from alseg.tfdp.scoring import (
     CONTOURS,
@@ -102,54 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Staged:
-    """Outputs written to temporary files next to their destinations, moved into place together
-    (``commit``) once every output is made; on failure (``discard``) the temporary files are
-    removed and every destination is left as it was."""
-
-    def __init__(self) -> None:
-        self.files: list[tuple[Path, Path]] = []  # (temporary file, destination)
-
-    def temp(self, path: Path) -> Path:
-        """A new empty temporary file for ``path`` (same folder, same suffix: matplotlib reads the
-        format from it)."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-            os.close(fd)
-        except OSError as e:
-            raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
-        self.files.append((Path(tmp), path))
-        return Path(tmp)
-
-    def write(self, path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
-        """Write a file (text, or bytes with ``binary``) to its temporary file."""
-        tmp = self.temp(path)
-        try:
-            with open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8") as f:
-                write(f)
-        except OSError as e:
-            raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
-
-    def commit(self) -> None:
-        for i, (tmp, path) in enumerate(self.files):
-            try:
-                os.replace(tmp, path)
-            except OSError as e:
-                self.files = self.files[i:]
-                raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
-        self.files = []
-
-    def discard(self) -> None:
-        for tmp, _ in self.files:
-            tmp.unlink(missing_ok=True)
-        self.files = []
-
-
 def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
     """Write a file (text, or bytes with ``binary``) via a temporary file in the same folder and
     os.replace."""
-    staged = _Staged()
+    staged = StagedFiles()
     try:
         staged.write(path, write, binary)
         staged.commit()
@@ -161,7 +116,7 @@ def _fmt(v: float) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.10g}"
 
 
-def write_image_scores(path: Path, result: ScoreResult, kept: set[int], staged: _Staged | None = None) -> None:
+def write_image_scores(path: Path, result: ScoreResult, kept: set[int], staged: StagedFiles | None = None) -> None:
     """``image_id,score,kept,rank`` per image, best first (``rank_images``); an image without a
     score has an empty score field. ``staged``: written to its temporary file, moved into place by
     ``staged.commit()``; else written at once (atomically)."""
@@ -179,7 +134,7 @@ def write_image_scores(path: Path, result: ScoreResult, kept: set[int], staged: 
     staged.write(path, write) if staged is not None else _atomic_write(path, write)
 
 
-def write_instance_scores(path: Path, result: ScoreResult, staged: _Staged | None = None) -> None:
+def write_instance_scores(path: Path, result: ScoreResult, staged: StagedFiles | None = None) -> None:
     """``ann_id,image_id,category_id,perimeter,area,score,status`` per non-crowd annotation
     (``staged`` as in ``write_image_scores``)."""
     s = result.stats
@@ -281,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
             raise WriteError(f"{p.parent}: cannot write {p.name} (permission denied); choose a writable folder")
     # Nothing is written before everything that can fail has succeeded: the outputs go to
     # temporary files, moved into place together at the end (a failure leaves every old file).
-    staged = _Staged()
+    staged = StagedFiles()
     try:
         return _run(args, t0, ann, out, scores_csv, plots, staged)
     finally:
@@ -289,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, t0: float, ann: Path, out: Path, scores_csv: Path, plots: list[Path],
-         staged: _Staged) -> int:
+         staged: StagedFiles) -> int:
     """``run`` after the options are checked: load, score, select, then every output staged and
     committed at once."""
 

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from alseg.errors import AlsegError
+from alseg.files import StagedFiles
 from alseg.spread import seed_std
 
 PROG = "alseg-compare"
@@ -481,30 +482,14 @@ def write_outputs(out: Path, files: dict[str, str | bytes], error: type[AlsegErr
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise error(f"{out}: cannot create output folder ({e})") from None
-    tmps: dict[Path, Path] = {}
+    staged = StagedFiles(error)
     try:
         for name, content in files.items():
-            path = out / name
-            tmp = out / f".{name}.tmp"
-            try:
-                if isinstance(content, bytes):
-                    tmp.write_bytes(content)
-                else:
-                    tmp.write_text(content)
-            except OSError as e:
-                if tmp.is_file():
-                    tmp.unlink()
-                raise error(f"{path}: cannot be written ({e})") from None
-            tmps[path] = tmp
-        for path, tmp in list(tmps.items()):
-            try:
-                os.replace(tmp, path)
-            except OSError as e:
-                raise error(f"{path}: cannot be written ({e})") from None
-            del tmps[path]
+            binary = isinstance(content, bytes)
+            staged.write(out / name, lambda f, c=content: f.write(c), binary=binary)
+        staged.commit()
     finally:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
+        staged.discard()
 
 
 def _split(values: list[str] | None, default: Sequence[str]) -> list[str]:
