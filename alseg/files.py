@@ -82,6 +82,43 @@ def missing_as_none(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- writes
+_UMASK_AT_IMPORT = os.umask(0o022)
+os.umask(_UMASK_AT_IMPORT)
+
+
+def _umask() -> int:
+    """The process's umask. os.umask has no read-only form (setting it to read it races with other
+    threads), so Linux's /proc/self/status is read; elsewhere, the umask when alseg was imported."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def temp_file(path: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``path``'s folder (open fd, name), with the permissions ``path``
+    gets when it replaces the destination: the destination's own mode where it exists, else what
+    ``open()`` would give (0o666 less the umask). mkstemp alone makes 0600 files, which other
+    users of a shared run folder or dataset cannot read. OSError as mkstemp raises it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    try:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode)
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
 def make_dirs(path: str | os.PathLike) -> Path:
     """``mkdir -p``; WriteError naming the folder when it cannot be made."""
     path = Path(path)
@@ -109,7 +146,7 @@ class StagedFiles:
         format from it)."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+            fd, tmp = temp_file(path, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
             os.close(fd)
         except OSError as e:
             raise self.error(f"{path}: cannot write ({e.strerror or e})") from None
@@ -146,7 +183,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     make_dirs(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file(path, prefix=path.name + ".", suffix=".tmp")
     except OSError as e:
         raise write_error(path, e) from None
     try:

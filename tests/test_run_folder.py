@@ -5,9 +5,12 @@ fingerprinted, and strategies' needs are checked before round 0."""
 import errno
 import hashlib
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -278,6 +281,41 @@ def test_failed_writes_name_the_file_and_keep_the_old_content(tmp_path, monkeypa
         files.atomic_write_json(target / "x.json", {})  # a file where a folder should be
     assert json.loads(target.read_text()) == {"a": 1} and sorted(p.name for p in target.parent.iterdir()) == ["state.json"]
 
+
+def test_written_files_get_the_umask_mode_or_keep_the_destinations(tmp_path):
+    """mkstemp makes 0600 files: every writer (atomic writes, staged outputs, the TFDP score cache,
+    tools/voc_to_coco.py) gives a new file open()'s mode and a replaced file its old mode."""
+    from alseg.tfdp.scoring import ScoreResult, ShapeStats, save_cached
+
+    umask = os.umask(0o027)
+    try:
+        new, kept = tmp_path / "new.json", tmp_path / "kept.json"
+        files.atomic_write_json(kept, {})
+        os.chmod(kept, 0o604)
+        files.atomic_write_json(new, {"a": 1})
+        files.atomic_write_json(kept, {"a": 2})
+        staged = files.StagedFiles()
+        staged.write(tmp_path / "staged.csv", lambda f: f.write("x\n"))
+        staged.commit()
+        empty = np.zeros(0)
+        result = ScoreResult(variant="scs", contour="largest",
+                             stats=ShapeStats(*(np.zeros(0, np.int64),) * 3, empty, empty, np.zeros(0, np.int8),
+                                              np.zeros(0, bool)),
+                             instance_scores=empty, image_ids=np.zeros(0, np.int64), image_scores=empty,
+                             problems={}, n_crowd=0, elapsed_s=0.0)
+        save_cached(tmp_path / "cache.npz", result, "0" * 40)
+        voc_out = tmp_path / "voc.json"
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+        try:
+            from voc_to_coco import write_json_atomic
+        finally:
+            sys.path.pop(0)
+        write_json_atomic({}, voc_out)
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"new.json": 0o640, "kept.json": 0o604, "staged.csv": 0o640, "cache.npz": 0o640,
+                     "voc.json": 0o640}
 
 def test_readers_name_the_file_and_the_fault(tmp_path):
     p = tmp_path / "f.json"

@@ -9,18 +9,18 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from alseg.data.voc import VOC_CLASSES, voc_to_coco_dict
 from alseg.errors import DataError
+from alseg.files import temp_file
 
 
 def write_json_atomic(data: dict, out: Path) -> None:
     """Write to a temp file in the same folder, then os.replace: an existing file is never half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp = temp_file(out, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)

@@ -67,7 +67,6 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import tempfile
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
@@ -107,6 +106,7 @@ from alseg.data.validation import (  # noqa: F401  (status codes re-exported for
     is_int,
 )
 from alseg.errors import AlsegError, ConfigError, DataError
+from alseg.files import temp_file
 from alseg.tfdp.jsonio import decode_json, gc_paused, read_coco
 from alseg.tfdp.raster import polygon_stats, upsampled
 
@@ -959,7 +959,7 @@ def save_cached(path: str | os.PathLike, result: ScoreResult, content_sha1: str)
         "elapsed_s": result.elapsed_s,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(
