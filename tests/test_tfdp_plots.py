@@ -230,6 +230,43 @@ def test_pruning_curve_means_and_std(tmp_path, capsys):
     assert box[("random", "0.750")] == pytest.approx(0.18)
 
 
+def test_pruning_curve_group_by_keeps_tfdp_variants_apart(tmp_path, capsys):
+    """Every TFDP variant is named "tfdp": --group-by with the variant draws one curve per variant."""
+    exp = tmp_path / "runs"
+    for variant, aps in (("scs", (0.30, 0.34)), ("si_cb_scs", (0.40, 0.42))):
+        for seed, ap in enumerate(aps):
+            run = exp / f"{variant}_s{seed}"
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(f"seed: {seed}\nal:\n  initial_strategy:\n    name: tfdp\n"
+                                             f"    variant: {variant}\n")
+            (run / "results.jsonl").write_text(json.dumps(
+                {"round": 0, "labeled_images": 100, "pool_images": 200, "initial_strategy": "tfdp", "seed": seed,
+                 "mask_AP": ap}) + "\n")
+    run = exp / "random_s0"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\nal:\n  initial_strategy:\n    name: random\n")
+    (run / "results.jsonl").write_text(json.dumps({"round": 0, "labeled_images": 100, "pool_images": 200,
+                                                   "initial_strategy": "random", "seed": 0, "mask_AP": 0.2}) + "\n")
+    out = tmp_path / "by_variant"
+    assert curve_main([str(exp), "--group-by", "al.initial_strategy.name, al.initial_strategy.variant",
+                       "--out", str(out)]) == 0
+    capsys.readouterr()
+    with open(out / "pruning.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[0] == "al.initial_strategy.name / al.initial_strategy.variant"
+    got = {r["al.initial_strategy.name / al.initial_strategy.variant"]: (int(r["n"]), float(r["mask_AP_mean"]))
+           for r in rows}
+    assert got == {"random / ?": (1, 0.2), "tfdp / scs": (2, pytest.approx(0.32)),
+                   "tfdp / si_cb_scs": (2, pytest.approx(0.41))}
+    # without it, the variants are one group of 4 runs
+    assert curve_main([str(exp), "--out", str(tmp_path / "by_name")]) == 0
+    capsys.readouterr()
+    with open(tmp_path / "by_name" / "pruning.csv", newline="") as f:
+        assert {r["strategy"]: int(r["n"]) for r in csv.DictReader(f)} == {"random": 1, "tfdp": 4}
+    assert "--group-by nope: not found" in _error([str(exp), "--group-by", "nope", "--out", str(out)], capsys)
+    assert "--group-by: give one or more keys" in _error([str(exp), "--group-by", " , ", "--out", str(out)], capsys)
+
+
 def _error(argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
         curve_main(argv)

@@ -49,6 +49,15 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _rounds_text(rounds: list[int]) -> str:
+    """'none', '0', '0-2' or the list written out (at most 6 shown)."""
+    if not rounds:
+        return "none"
+    if rounds == list(range(rounds[0], rounds[-1] + 1)):
+        return str(rounds[0]) if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
+    return ", ".join(map(str, rounds[:6])) + (", ..." if len(rounds) > 6 else "")
+
+
 def state_problem(state) -> str | None:
     """What makes a parsed state.json unusable (wrong types, missing fields, a phase without the
     results it implies), or None when it is well-formed. Versions 1 to STATE_VERSION."""
@@ -88,6 +97,14 @@ def state_problem(state) -> str | None:
             result = results.get(name)
             if isinstance(result, dict) and (set(result) != set(kinds) or not all(ok(result[k]) for k, ok in kinds.items())):
                 return f"damaged run state (malformed {name} result)"
+    # The loop records round k when it is evaluated and moves to round k + 1 after: the records are
+    # rounds 0 .. done - 1, in order (a 'round' edited by hand, or records lost, do not match).
+    done = state["round"] + (state["phase"] == "evaluated")
+    rounds = [r["round"] for r in state["records"]]
+    if len(rounds) != done or any(r != i for i, r in enumerate(rounds)):
+        needed = "none" if done == 0 else "0" if done == 1 else f"0-{done - 1}"
+        return (f"damaged run state ('round' {state['round']} at phase {state['phase']!r} needs the records of "
+                f"rounds {needed}; 'records' hold {_rounds_text(rounds)})")
     return None
 
 

@@ -1,13 +1,15 @@
 """pruning_curve: a metric against the pruning rate, per initial-selection strategy (mean ± std over seeds).
 
     python tools/pruning_curve.py runs/tfdp_pruning [more run folders or parents ...]
-                                  [--metric mask_AP] [--out DIR]
+                                  [--metric mask_AP] [--group-by KEY[,KEY...]] [--out DIR]
 
 Every folder holding a ``results.jsonl`` under the given paths is a run (found and read as by
 ``alseg-compare``). A pruning run trains once on the kept subset (``al.rounds=0``); its last record
 is used. Runs are grouped by strategy (``initial_strategy`` of the record, else
 ``al.initial_strategy.name`` of ``config.yaml``) and by pruning rate (``pruning_rate`` of the record,
-else ``1 - labeled_images / pool_images``, rounded to 3 decimals). Per group: ``n`` runs, mean kept
+else ``1 - labeled_images / pool_images``, rounded to 3 decimals); ``--group-by`` replaces the
+strategy by config or record keys, as in alseg-compare (e.g. ``al.initial_strategy.name,
+al.initial_strategy.variant`` to keep TFDP's variants apart; a run without a key shows ``?``). Per group: ``n`` runs, mean kept
 images, and mean ± std of the metric (std: sample std, ddof=1, as alseg-compare). Writes
 ``pruning.csv``, ``pruning.md`` and ``pruning.png`` (the metric against the pruning rate, one line per
 strategy, a band of ± one std) to ``--out``.
@@ -36,7 +38,8 @@ import numpy as np
 
 from alseg.errors import AlsegError
 from alseg.spread import seed_std
-from alseg.tools.compare import MISSING, Run, _is_number, number, print_grouped_table, read_finished_runs, write_outputs
+from alseg.tools.compare import (MISSING, Run, _is_number, group_runs, number, print_grouped_table, read_finished_runs,
+                                 write_outputs)
 
 PROG = "pruning_curve"
 DEFAULT_METRIC = "mask_AP"
@@ -116,12 +119,17 @@ def pruning_rate_of(run: Run) -> float:
     return round(float(rate), DECIMALS) + 0.0  # + 0.0: no '-0.0'
 
 
-def collect(paths: Sequence[str | os.PathLike], metric: str, notes: list[str]) -> list[Point]:
-    """Runs under ``paths`` -> one Point per (strategy, pruning rate), sorted by strategy then rate."""
+def collect(paths: Sequence[str | os.PathLike], metric: str, notes: list[str],
+            group_by: Sequence[str] | None = None) -> list[Point]:
+    """Runs under ``paths`` -> one Point per (strategy, pruning rate), sorted by strategy then rate.
+    ``group_by``: config / record keys whose values (joined by " / ") stand for the strategy."""
     runs = read_finished_runs(paths, notes)
     if not any(metric in r.records[-1] for r in runs):
         available = sorted({k for r in runs for k, v in r.records[-1].items() if _is_number(v)})
         raise PruningCurveError(f"--metric {metric}: in no run's last record; available: {', '.join(available)}")
+    label_of = {}
+    if group_by:
+        label_of = {id(r): label for label, rs in group_runs(runs, group_by, notes).items() for r in rs}
 
     points: dict[tuple[str, float], Point] = {}
     for run in runs:
@@ -130,7 +138,7 @@ def collect(paths: Sequence[str | os.PathLike], metric: str, notes: list[str]) -
                          f"{run.records[-1]['round']}, is used")
         rec = run.records[-1]
         rate = pruning_rate_of(run)
-        strategy = strategy_of(run)
+        strategy = label_of[id(run)] if group_by else strategy_of(run)
         if strategy is None:
             strategy = MISSING
             notes.append(f"{run.name}: no 'initial_strategy' in results.jsonl nor 'al.initial_strategy.name' "
@@ -171,16 +179,16 @@ def _fmt_value(p: Point, digits: int = 3) -> str:
     return f"{p.mean:.{digits}f}" if p.n == 1 else f"{p.mean:.{digits}f} ± {p.std:.{digits}f}"
 
 
-def table_rows(points: list[Point], metric: str) -> tuple[list[str], list[list[str]]]:
-    header = ["strategy", "pruning rate", "kept images", metric, "n"]
+def table_rows(points: list[Point], metric: str, group: str = "strategy") -> tuple[list[str], list[list[str]]]:
+    header = [group, "pruning rate", "kept images", metric, "n"]
     rows = [[p.strategy, _fmt_rate(p.rate), _fmt_kept(p), _fmt_value(p), str(p.n)] for p in points]
     return header, rows
 
 
-def to_csv(points: list[Point], metric: str) -> str:
+def to_csv(points: list[Point], metric: str, group: str = "strategy") -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["strategy", "pruning_rate", "n", "kept_images", f"{metric}_mean", f"{metric}_std"])
+    w.writerow([group, "pruning_rate", "n", "kept_images", f"{metric}_mean", f"{metric}_std"])
     for p in points:
         k = p.kept_mean
         w.writerow([p.strategy, _fmt_rate(p.rate), p.n, "" if k is None else f"{k:.10g}", f"{p.mean:.10g}",
@@ -188,8 +196,8 @@ def to_csv(points: list[Point], metric: str) -> str:
     return buf.getvalue()
 
 
-def to_markdown(points: list[Point], metric: str, notes: list[str]) -> str:
-    header, rows = table_rows(points, metric)
+def to_markdown(points: list[Point], metric: str, notes: list[str], group: str = "strategy") -> str:
+    header, rows = table_rows(points, metric, group)
 
     def line(cells):
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -204,8 +212,8 @@ def to_markdown(points: list[Point], metric: str, notes: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def print_table(points: list[Point], metric: str, notes: list[str]) -> None:
-    header, rows = table_rows(points, metric)
+def print_table(points: list[Point], metric: str, notes: list[str], group: str = "strategy") -> None:
+    header, rows = table_rows(points, metric, group)
     print_grouped_table(f"{PROG}: {metric} (mean ± std over seeds)", header, rows, notes, [metric])
 
 
@@ -245,23 +253,26 @@ def plot_curve(points: list[Point], metric: str, path: str | Path) -> Path:
 
 
 def pruning_curve(paths: Sequence[str | os.PathLike], metric: str = DEFAULT_METRIC,
-                  out: str | os.PathLike = ".", show: bool = True) -> list[Point]:
-    """Read and group the runs; write pruning.csv, pruning.md and pruning.png to ``out``."""
+                  out: str | os.PathLike = ".", show: bool = True, group_by: Sequence[str] | None = None) -> list[Point]:
+    """Read and group the runs (by strategy, or by the ``group_by`` keys); write pruning.csv,
+    pruning.md and pruning.png to ``out``."""
     out = Path(out)
     notes: list[str] = []
-    points = collect(paths, metric, notes)
+    points = collect(paths, metric, notes, group_by)
+    group = " / ".join(group_by) if group_by else "strategy"
     from alseg.plots import figure_png
 
     # Everything is made before anything is written (the PNG in memory): a fault leaves the
     # previous outputs as they were.
     png = figure_png(curve_figure(points, metric), out / "pruning.png")
-    write_outputs(out, {"pruning.csv": to_csv(points, metric), "pruning.md": to_markdown(points, metric, notes),
+    write_outputs(out, {"pruning.csv": to_csv(points, metric, group),
+                        "pruning.md": to_markdown(points, metric, notes, group),
                         "pruning.png": png}, PruningCurveError)
     if show:
-        print_table(points, metric, notes)
+        print_table(points, metric, notes, group)
         n_runs = sum(p.n for p in points)
         n_strat = len({p.strategy for p in points})
-        print(f"{n_runs} run(s), {n_strat} strateg{'y' if n_strat == 1 else 'ies'}, {len(points)} point(s); wrote "
+        print(f"{n_runs} run(s), {n_strat} group(s), {len(points)} point(s); wrote "
               f"{out / 'pruning.csv'}, {out / 'pruning.md'}, {out / 'pruning.png'}")
     return points
 
@@ -274,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folders, or folders searched recursively for run folders (results.jsonl)")
     p.add_argument("--metric", default=DEFAULT_METRIC, metavar="KEY",
                    help="result key to plot (default: %(default)s)")
+    p.add_argument("--group-by", default=None, metavar="KEY[,KEY...]",
+                   help="config or record keys that name a curve (default: the initial-selection strategy), "
+                        "e.g. al.initial_strategy.name,al.initial_strategy.variant")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="folder for pruning.csv/.md/.png (default: .)")
     return p
@@ -283,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        pruning_curve(args.paths, args.metric.strip(), args.out)
+        group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by is not None else None
+        if group_by is not None and not group_by:
+            raise PruningCurveError("--group-by: give one or more keys separated by commas")
+        pruning_curve(args.paths, args.metric.strip(), args.out, group_by=group_by)
     except AlsegError as e:
         msg = " ".join(str(e).split())  # one line, always
         parser.exit(2, f"{PROG}: error: {msg}\n")
