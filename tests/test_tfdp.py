@@ -639,3 +639,57 @@ def test_cli_missing_example_images_keep_earlier_outputs(tmp_path, capsys):
     assert "imgs" in err and "missing" in err
     assert out.read_text() == "OLDJ"
     assert not (tmp_path / "ps.png").exists() and not (tmp_path / "pe.png").exists()
+
+
+def _raw_prune_fails(tmp_path, capsys, text: str, extra=()) -> str:
+    """``_prune_fails`` of a file holding ``text`` as it is (JSON that json.dumps would not write)."""
+    src = tmp_path / "in.json"
+    src.write_text(text)
+    old = tmp_path / "old.csv"
+    old.write_text("OLD\n")
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--ann", str(src), "--keep", "0.5", "--out", str(tmp_path / "o.json"), "--scores", str(old),
+                  "--workers", "1", "--no-cache", "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith("alseg-prune: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(src) in err and old.read_text() == "OLD\n" and not (tmp_path / "o.json").exists()
+    return err
+
+
+@pytest.mark.parametrize("plot", [False, True])
+@pytest.mark.parametrize("where", ["top", "images", "annotations", "categories"])
+@pytest.mark.parametrize("value,reason", [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                                          ("9" * 5000, "4300 digits")])
+def test_cli_json_too_deep_or_with_too_long_numbers_is_a_one_line_error(tmp_path, capsys, where, value, reason,
+                                                                         plot):
+    """Well-formed JSON that Python's parsers refuse (RecursionError, ValueError): one line, exit 2."""
+    data = _six_images()
+    if where == "top":
+        data["info"] = "VALUE"
+    else:  # an annotation's 'area': a field the scoring reads (an unknown one is copied as it is)
+        data[where][0]["area" if where == "annotations" else "extra"] = "VALUE"
+    text = json.dumps(data).replace('"VALUE"', value)
+    extra = ["--plot-scores", str(tmp_path / "p.png")] if plot else []
+    err = _raw_prune_fails(tmp_path, capsys, text, extra)
+    assert "JSON that cannot be read" in err and reason in err and "set_int_max_str_digits" not in err
+
+
+def test_cli_summary_prints_any_category_name_on_one_line(tmp_path, capsys):
+    """Category names that are not printable text (a lone surrogate, which stdout cannot encode; a
+    newline; a very long name; a list) are escaped and shortened in the summary, not a crash."""
+    data = _six_images()
+    data["annotations"][1]["category_id"] = 2
+    data["annotations"][2]["category_id"] = 3
+    data["annotations"][3]["category_id"] = 4
+    data["categories"] = [{"id": 1, "name": "bad\ud800"}, {"id": 2, "name": "two\nlines"},
+                          {"id": 3, "name": "x" * 1000}, {"id": 4, "name": ["a", "b"]}]
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))  # ensure_ascii: the surrogate as \ud800
+    assert cli_main(["--ann", str(src), "--keep", "0.5", "--out", str(tmp_path / "o.json"), "--scores",
+                     str(tmp_path / "s.csv"), "--workers", "1", "--no-cache", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    out.encode("utf-8")  # what a UTF-8 stdout does: no UnicodeEncodeError
+    assert "bad\\ud800 " in out and "two\\nlines " in out and "['a', 'b']" in out
+    assert max(len(line) for line in out.splitlines() if "->" in line) < 80
+    assert json.loads((tmp_path / "o.json").read_text())["categories"] == data["categories"]

@@ -85,6 +85,16 @@ def segmentation_area(segmentation: Any, height: int, width: int) -> float:
     return float(mask_utils.area(rle))
 
 
+def json_value_problem(e: BaseException) -> str:
+    """Why well-formed JSON text could still not be turned into Python objects: ``json`` raises
+    RecursionError for arrays / objects nested deeper than Python's recursion limit and ValueError
+    for an integer of more than ``sys.get_int_max_str_digits()`` digits (one line, no advice about
+    interpreter settings)."""
+    if isinstance(e, RecursionError):
+        return "JSON that cannot be read (arrays or objects nested too deeply)"
+    return f"JSON that cannot be read ({str(e).split(';')[0].strip()})"
+
+
 def load_json(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -94,6 +104,8 @@ def load_json(path: str | os.PathLike) -> dict:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except (RecursionError, ValueError) as e:  # deep nesting, a number too long to convert
+        raise DataError(f"{path}: {json_value_problem(e)}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot be read ({e})") from None
     if not isinstance(data, dict):

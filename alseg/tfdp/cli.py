@@ -168,6 +168,20 @@ def images_per_class(result: ScoreResult, image_ids: np.ndarray | None = None) -
     return dict(zip(cats.tolist(), counts.tolist()))
 
 
+_NAME_WIDTH = 40
+
+
+def _display_name(name) -> str:
+    """A category name as the summary prints it: one line of printable text whatever the file
+    holds (a newline, a control character or a lone surrogate, which stdout cannot encode, is
+    escaped as in a Python string literal; a non-string is shown as its value), at most
+    ``_NAME_WIDTH`` characters."""
+    text = name if isinstance(name, str) else str(name)
+    if not text.isprintable():
+        text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= _NAME_WIDTH else text[:_NAME_WIDTH - 3] + "..."
+
+
 def _summary(data: dict, result: ScoreResult, kept: list[int], times: dict[str, float], t0: float) -> str:
     """What was scored and kept, problems, images per class, then the time of each step (load,
     scoring, select, write, total since ``t0``) and the peak memory of this process and of the
@@ -187,7 +201,8 @@ def _summary(data: dict, result: ScoreResult, kept: list[int], times: dict[str, 
         lines.append("problems: none")
     before = images_per_class(result)
     after = images_per_class(result, np.asarray(kept, dtype=np.int64))
-    names = {c["id"]: str(c.get("name", c["id"])) for c in data.get("categories", []) if isinstance(c, dict) and "id" in c}
+    names = {c["id"]: _display_name(c.get("name", c["id"])) for c in data.get("categories", [])
+             if isinstance(c, dict) and "id" in c}
     width = max([len(n) for n in names.values()] + [5])
     empty = [cid for cid in names if not before.get(cid)]
     lines.append("images per class (before -> after)"

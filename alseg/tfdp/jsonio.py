@@ -99,7 +99,7 @@ def read_coco(path: str | os.PathLike, digest: bool = True) -> LoadedJson:
         with gc_paused():
             try:
                 data, strict = _decoder.decode(raw), True
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # load_json below gives the message
                 data, strict = None, False
         if not strict:
             with gc_paused():
@@ -126,7 +126,7 @@ def read_coco_lazy(path: str | os.PathLike, digest: bool = True) -> LoadedJson:
             for key in ("images", "categories"):
                 if isinstance(top.get(key), list):
                     top[key] = decode_json(b"[" + b",".join(top[key]) + b"]")
-        except (msgspec.DecodeError, ValueError):
+        except (msgspec.DecodeError, ValueError, RecursionError):
             top = None
     if top is None:
         return read_coco(path, digest)

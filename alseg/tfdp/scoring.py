@@ -107,6 +107,7 @@ from alseg.data.validation import (  # noqa: F401  (status codes re-exported for
 )
 from alseg.errors import AlsegError, ConfigError, DataError
 from alseg.files import temp_file
+from alseg.data.coco import json_value_problem
 from alseg.tfdp.jsonio import decode_json, gc_paused, read_coco
 from alseg.tfdp.raster import polygon_stats, upsampled
 
@@ -528,6 +529,15 @@ def _init_raw_worker(sizes: Mapping, category_ids: set | None) -> None:
     _RAW_CONTEXT.update(sizes=sizes, cats=category_ids)
 
 
+def _decode_chunk(payload: bytes, start: int) -> list:
+    """``jsonio.decode_json`` of the annotations ``start ..`` (one JSON array); JSON that parses
+    but not into Python objects (an integer of thousands of digits) is a DataError naming them."""
+    try:
+        return decode_json(payload)
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"annotations[{start}..]: {json_value_problem(e)}") from None
+
+
 def _score_raw_chunk(start: int, payload: bytes, contour: str, context: Mapping | None = None) -> tuple:
     """Parse (``TYPED_ANNOTATIONS``; where some annotation does not fit it, ``jsonio.decode_json``),
     validate (``AnnotationChecker``, as ``_build_chunks`` does) and
@@ -538,7 +548,7 @@ def _score_raw_chunk(start: int, payload: bytes, contour: str, context: Mapping 
     try:
         anns = TYPED_ANNOTATIONS.decode(payload)  # types checked while parsing: the common case, faster
     except msgspec.DecodeError:
-        anns = decode_json(payload)
+        anns = _decode_chunk(payload, start)
     c = AnnotationChecker(ctx["sizes"], ctx["cats"], index_offset=start).check(anns, 0, len(anns), geometry=True,
                                                                               crowd_geometry=False)
     # the image id as pruning reads it: the checker's where it read the ids, else looked up
