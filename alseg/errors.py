@@ -15,3 +15,13 @@ class DataError(AlsegError):
 
 class TrainingError(AlsegError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+def json_value_problem(e: BaseException) -> str:
+    """Why well-formed JSON text could still not be turned into Python objects: ``json`` raises
+    RecursionError for arrays / objects nested deeper than Python's recursion limit and ValueError
+    for an integer of more than ``sys.get_int_max_str_digits()`` digits (one line, no advice about
+    interpreter settings)."""
+    if isinstance(e, RecursionError):
+        return "JSON that cannot be read (arrays or objects nested too deeply)"
+    return f"JSON that cannot be read ({str(e).split(';')[0].strip()})"

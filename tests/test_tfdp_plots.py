@@ -366,3 +366,28 @@ def test_pruning_curve_null_metric_is_left_out(tmp_path, capsys):
     assert curve_main([str(exp), "--out", str(out)]) == 0
     md = (out / "pruning.md").read_text()
     assert "| tfdp | 0.500 | 100 | 0.340 | 1 |" in md and "missing (null or NaN) 'mask_AP'" in md
+
+
+@pytest.mark.parametrize("value,reason", [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                                          ("9" * 5000, "4300 digits")])
+def test_pruning_curve_json_too_deep_or_with_too_long_numbers_is_one_line(tmp_path, capsys, value, reason):
+    exp = make_runs(tmp_path)
+    bad = exp / "tfdp_0.5_s0" / "results.jsonl"
+    bad.write_text('{"round": 0, "mask_AP": ' + value + ', "pruning_rate": 0.5}\n')
+    err = _error([str(exp), "--out", str(tmp_path / "o")], capsys)
+    assert str(bad) in err and "line 1" in err and reason in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_pruning_curve_any_seed_and_strategy_value(tmp_path, capsys):
+    """A seed that is a mapping in config.yaml (two runs of a point: no 'unhashable' TypeError) and
+    a strategy with a lone surrogate or a newline (escaped, not a font or encoding crash)."""
+    exp = tmp_path / "exp"
+    for i, strategy in enumerate(["bad\ud800", "bad\ud800", "two\nlines"]):
+        res = _curve_run(exp, f"r{i}", {"round": 0, "mask_AP": 0.1 * i, "pruning_rate": 0.5,
+                                         "initial_strategy": strategy})
+        (res.parent / "config.yaml").write_text("seed: {a: 1}\n")
+    assert curve_main([str(exp), "--out", str(tmp_path / "o")]) == 0
+    capsys.readouterr().out.encode("utf-8")
+    md = (tmp_path / "o" / "pruning.md").read_text()
+    assert "| bad\\ud800 | 0.500 |" in md and "| two\\nlines | 0.500 |" in md and "{'a': 1}" in md

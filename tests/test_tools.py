@@ -455,3 +455,43 @@ def test_compare_null_and_nan_metrics_stay_missing(tmp_path, capsys):
     groups = compare.compare([root], metrics=["mask_AP"], out=tmp_path / "out", show=False)
     assert groups[0].rows[0].metrics["mask_AP"] == pytest.approx((0.2, 0.2 / 2 ** 0.5))
     assert groups[0].rows[1].metrics["mask_AP"] is None
+
+
+@pytest.mark.parametrize("value,reason", [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                                          ("9" * 5000, "4300 digits")])
+def test_compare_json_too_deep_or_with_too_long_numbers_is_one_line(runs, tmp_path, capsys, value, reason):
+    """A line json cannot build (RecursionError, ValueError, not JSONDecodeError): one line naming it."""
+    bad = runs / "exp" / "strategy=random,seed=1" / "results.jsonl"
+    bad.write_text('{"round": 0, "labeled_images": 4, "hours": 1, "mask_AP": 0.1}\n'
+                   '{"round": 1, "mask_AP": ' + value + '}\n')
+    err = _error(capsys, [str(runs), "--out", str(tmp_path / "out")])
+    assert str(bad) in err and "line 2" in err and reason in err and "set_int_max_str_digits" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_lines_are_split_at_newlines_only(tmp_path, capsys):
+    """A JSON string may hold U+2028 or U+0085 as they are: the record is whole, and
+    the line numbers of errors are those of an editor (str.splitlines split there too)."""
+    res = _one_run(tmp_path, "r", [])
+    res.write_text(json.dumps(_rec(0, 0.1, strategy="a\u2028b\x85c"), ensure_ascii=False) + "\n"
+                   + json.dumps(_rec(1, 0.2)) + "\n" + '{"round": 2, "mask_AP": }\n')
+    err = _error(capsys, [str(tmp_path / "exp"), "--metric", "mask_AP", "--out", str(tmp_path / "out")])
+    assert "line 3" in err
+    res.write_text(json.dumps(_rec(0, 0.1, strategy="a\u2028b"), ensure_ascii=False) + "\n")
+    assert compare.main([str(tmp_path / "exp"), "--metric", "mask_AP", "--out", str(tmp_path / "out")]) == 0
+    assert read_csv(tmp_path / "out" / "compare.csv").keys() == {("a\\u2028b", 0)}
+
+
+def test_compare_any_seed_and_label_value(tmp_path, capsys):
+    """config.yaml / record values of any type and text: a seed that is a mapping or a list (two
+    runs: no 'unhashable' TypeError), a label with a newline or a lone surrogate (printable
+    escapes in the table, the outputs and the figure)."""
+    for i, (seed, strategy) in enumerate([({"a": 1}, "bad\ud800"), ({"a": 1}, "two\nlines"), ([1], "x"), ([1], "x")]):
+        _one_run(tmp_path, f"r{i}", [_rec(0, 0.1 + i / 10, strategy=strategy)], config=f"seed: {json.dumps(seed)}\n")
+    out = tmp_path / "out"
+    assert compare.main([str(tmp_path / "exp"), "--metric", "mask_AP", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    printed.encode("utf-8")
+    assert set(read_csv(out / "compare.csv")) == {("bad\\ud800", 0), ("two\\nlines", 0), ("x", 0)}
+    md = (out / "compare.md").read_text()
+    assert "| two\\nlines | 0 |" in md and "seed(s) [1] appear in more than one run" in md

@@ -24,7 +24,7 @@ from pycocotools.coco import COCO
 
 from alseg.data.images import check_image_headers, exif_policy
 from alseg.data.validation import OK, REFERENCE_PROBLEMS, check_coco
-from alseg.errors import DataError
+from alseg.errors import DataError, json_value_problem
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +83,6 @@ def segmentation_area(segmentation: Any, height: int, width: int) -> float:
     else:
         rle = segmentation
     return float(mask_utils.area(rle))
-
-
-def json_value_problem(e: BaseException) -> str:
-    """Why well-formed JSON text could still not be turned into Python objects: ``json`` raises
-    RecursionError for arrays / objects nested deeper than Python's recursion limit and ValueError
-    for an integer of more than ``sys.get_int_max_str_digits()`` digits (one line, no advice about
-    interpreter settings)."""
-    if isinstance(e, RecursionError):
-        return "JSON that cannot be read (arrays or objects nested too deeply)"
-    return f"JSON that cannot be read ({str(e).split(';')[0].strip()})"
 
 
 def load_json(path: str | os.PathLike) -> dict:

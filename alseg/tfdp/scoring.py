@@ -105,9 +105,8 @@ from alseg.data.validation import (  # noqa: F401  (status codes re-exported for
     index_images,
     is_int,
 )
-from alseg.errors import AlsegError, ConfigError, DataError
+from alseg.errors import AlsegError, ConfigError, DataError, json_value_problem
 from alseg.files import temp_file
-from alseg.data.coco import json_value_problem
 from alseg.tfdp.jsonio import decode_json, gc_paused, read_coco
 from alseg.tfdp.raster import polygon_stats, upsampled
 

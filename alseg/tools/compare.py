@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from alseg.errors import AlsegError
+from alseg.errors import AlsegError, json_value_problem
 from alseg.files import StagedFiles
 from alseg.spread import seed_std
 
@@ -62,6 +62,23 @@ def _show(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def display(value: Any) -> str:
+    """A config / record value as a group label or in a note: one line of printable text (a
+    newline, a control character or a lone surrogate, which neither the terminal, the UTF-8 outputs
+    nor the figure's font can take, is escaped as in a Python string literal); any type."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+def repeated(values: Sequence[Any]) -> list[str]:
+    """The values (shown by ``display``) that occur more than once, None left out; any type, a
+    list or mapping from config.yaml included (compared by their display)."""
+    shown = [display(v) for v in values if v is not None]
+    return sorted({v for v in shown if shown.count(v) > 1})
 
 
 def _intervals(rounds: Sequence[int]) -> list[tuple[int, int]]:
@@ -208,7 +225,9 @@ def read_results(path: Path) -> Run:
     by_round: dict[int, dict] = {}
     lines: dict[int, int] = {}
     notes = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # "\n" only: str.splitlines also splits at U+2028, U+0085, form feeds ..., which JSON strings
+    # may hold as they are (a valid record would be cut in two, and line numbers would be off)
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}, line {n}"
@@ -216,6 +235,8 @@ def read_results(path: Path) -> Run:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise CompareError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except (RecursionError, ValueError) as e:  # deep nesting, an integer of thousands of digits
+            raise CompareError(f"{where}: {json_value_problem(e)}") from None
         if not isinstance(rec, dict):
             raise CompareError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         k = rec.get("round")
@@ -311,7 +332,7 @@ def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[s
                 notes.append(f"{run.name}: no '{key}' in config.yaml or results.jsonl; grouped under '{MISSING}'")
             else:
                 found_any[key] = True
-                parts.append(str(v))
+                parts.append(display(v))
         labels[id(run)] = " / ".join(parts)
     missing = [k for k, ok in found_any.items() if not ok]
     if missing:
@@ -338,14 +359,13 @@ def aggregate(label: str, runs: list[Run], metrics: Sequence[str], keys: Sequenc
     if dropped:
         notes.append(f"group {label}: round(s) {_ranges(dropped)} not aggregated (not in all {len(runs)} runs)")
     # Seeds: a seed counted twice usually means the same run was found twice (e.g. copied folders).
-    seeds = [r.value("seed") for r in runs]
-    dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1}, key=str)
+    dup = repeated([r.value("seed") for r in runs])
     if dup:
         notes.append(f"group {label}: seed(s) {', '.join(map(str, dup))} appear in more than one run")
     for key in ("experiment_name", "dataset.name"):
         if key in keys:
             continue
-        vals = sorted({str(v) for v in (r.value(key) for r in runs) if v is not None})
+        vals = sorted({display(v) for v in (r.value(key) for r in runs) if v is not None})
         if len(vals) > 1:
             notes.append(f"group {label} mixes {key} values {', '.join(vals)} "
                          f"(add --group-by {','.join([*keys, key])} to separate them)")

@@ -38,8 +38,8 @@ import numpy as np
 
 from alseg.errors import AlsegError
 from alseg.spread import seed_std
-from alseg.tools.compare import (MISSING, Run, _is_number, group_runs, number, print_grouped_table, read_finished_runs,
-                                 write_outputs)
+from alseg.tools.compare import (MISSING, Run, _is_number, display, group_runs, number, print_grouped_table,
+                                 read_finished_runs, repeated, write_outputs)
 
 PROG = "pruning_curve"
 DEFAULT_METRIC = "mask_AP"
@@ -86,7 +86,7 @@ def strategy_of(run: Run) -> str | None:
         v = run.record_value("initial_strategy")
     if v is None:
         v = run.config_value("al.initial_strategy.name")
-    return None if v is None else str(v)
+    return None if v is None else display(v)
 
 
 def _number(run: Run, key: str) -> float | None:
@@ -155,8 +155,7 @@ def collect(paths: Sequence[str | os.PathLike], metric: str, notes: list[str],
         if kept is not None:
             p.kept.append(kept)
     for p in points.values():
-        seeds = [r.value("seed") for r in p.runs]
-        dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1}, key=str)
+        dup = repeated([r.value("seed") for r in p.runs])
         if dup:
             notes.append(f"{p.strategy} at pruning rate {p.rate:g}: seed(s) {', '.join(map(str, dup))} "
                          f"appear in more than one run")
