@@ -206,3 +206,16 @@ def test_converted_dict_goes_through_validation(voc, monkeypatch):
     assert msg.startswith(f"{voc / 'ImageSets' / 'Segmentation' / 'train.txt'}: image 2008_000001.jpg: "
                           "annotations[0] (id=1): ")
     assert "(3 invalid converted annotations)" in msg and "\n" not in msg
+
+
+def test_split_file_not_text_is_one_line(voc, tmp_path):
+    """A split file that is not UTF-8 text (UnicodeDecodeError) or cannot be read: one line naming it."""
+    (voc / "ImageSets" / "Segmentation" / "latin.txt").write_bytes(b"2008_000001\n2008_\xff\n")
+    with pytest.raises(DataError, match=r"Segmentation/latin\.txt: split file cannot be read \("):
+        voc_to_coco_dict(voc, "latin")
+    out = tmp_path / "old.json"
+    out.write_text('{"old": true}')
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "voc_to_coco.py"), "--voc-root", str(voc),
+                        "--split", "latin", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "latin.txt" in r.stderr and out.read_text() == '{"old": true}'

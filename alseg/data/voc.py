@@ -35,7 +35,11 @@ def split_file(voc_root: str | os.PathLike, split: str) -> Path:
 def _read_ids(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:  # unreadable, or not UTF-8 text
+        raise DataError(f"{path}: split file cannot be read ({e})") from None
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{path}: split file lists no image ids")
     return ids
