@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +217,7 @@ def test_split_file_not_text_is_one_line(voc, tmp_path):
     out = tmp_path / "old.json"
     out.write_text('{"old": true}')
     r = subprocess.run([sys.executable, str(REPO / "tools" / "voc_to_coco.py"), "--voc-root", str(voc),
-                        "--split", "latin", "--out", str(out)], capture_output=True, text=True)
+                        "--split", "latin", "--out", str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's alseg
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "latin.txt" in r.stderr and out.read_text() == '{"old": true}'
