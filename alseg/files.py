@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alseg import interrupts
-from alseg.errors import AlsegError, DataError
+from alseg.errors import AlsegError, DataError, json_value_problem
 
 
 class WriteError(AlsegError):
@@ -51,6 +51,16 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable(value: Any) -> str:
+    """A value as one line of printable text, whatever it holds: a newline, a control character
+    or a lone surrogate (which a terminal, a UTF-8 file or a figure's font cannot take) is escaped
+    as in a Python string literal; a non-string is shown as ``str(value)``."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 def os_error_reason(e: OSError) -> str:
@@ -250,6 +260,8 @@ def read_json(path: str | os.PathLike, kind: type | None = None) -> Any:
         raise DamagedFileError(path, f"not text (byte {e.start} is not UTF-8)") from None
     except json.JSONDecodeError as e:
         raise DamagedFileError(path, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); truncated or damaged?") from None
+    except (RecursionError, ValueError) as e:  # deep nesting, an integer of thousands of digits
+        raise DamagedFileError(path, json_value_problem(e)) from None
     if kind is not None and not isinstance(value, kind):
         raise DamagedFileError(path, f"expected a JSON {_json_name(kind)}, found a {_json_name(type(value))}")
     return value
@@ -278,15 +290,17 @@ def read_jsonl(path: str | os.PathLike, check=None) -> list[dict]:
     try:  # the files alseg writes: no blank line inside, every line an object
         values = [loads(line) for line in lines[:-1]]
         numbers = None  # line n holds values[n - 1]
-    except ValueError:
+    except (ValueError, RecursionError):
         values, numbers = [], []
         for n, line in enumerate(lines[:-1], 1):
             if not line.strip():
                 continue
             try:
                 values.append(loads(line))
-            except ValueError as e:
+            except json.JSONDecodeError as e:
                 raise DamagedFileError(path, f"line {n}: not valid JSON ({one_line(e)})") from None
+            except (RecursionError, ValueError) as e:  # deep nesting, an integer of thousands of digits
+                raise DamagedFileError(path, f"line {n}: {json_value_problem(e)}") from None
             numbers.append(n)
     for i, value in enumerate(values):
         problem = (f"expected a JSON object, found a {_json_name(type(value))}" if type(value) is not dict

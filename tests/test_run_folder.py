@@ -412,3 +412,20 @@ def test_results_files_follow_the_resumed_records(tmp_path):
         writer.open(tmp_path, {}, recs[:1])
     assert (tmp_path / "results.jsonl").read_text() == '{"mask_AP": 0.0, "round": 0}\n'
     assert (tmp_path / "results.csv").read_text().splitlines() == ["round,mask_AP", "0,0.0"]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"round": ' + "9" * 5000 + "}", "JSON that cannot be read"),
+])
+def test_run_folder_json_that_python_cannot_build_is_one_line(tmp_path, text, fragment):
+    """Well-formed JSON that json cannot turn into objects (nesting past the recursion limit, an
+    integer over Python's digit limit) in a run folder's JSON or JSON-lines file: DamagedFileError."""
+    (tmp_path / "state.json").write_text(text)
+    (tmp_path / "labels.jsonl").write_text('{"kind": "image", "image_id": 1}\n' + text + "\n")
+    with pytest.raises(files.DamagedFileError) as info:
+        files.read_json(tmp_path / "state.json")
+    _one_line_error(info.value, "state.json: ", fragment)
+    with pytest.raises(files.DamagedFileError) as info:
+        files.read_jsonl(tmp_path / "labels.jsonl")
+    _one_line_error(info.value, "labels.jsonl: line 2: ", fragment)

@@ -40,7 +40,7 @@ import numpy as np
 
 from alseg import interrupts
 from alseg.errors import AlsegError, ConfigError, DataError
-from alseg.files import StagedFiles, WriteError, make_dirs
+from alseg.files import StagedFiles, WriteError, make_dirs, printable
 from alseg.tfdp.jsonio import dump_json, gc_paused, read_coco, read_coco_lazy
 from alseg.tfdp.scoring import (
     CONTOURS,
@@ -172,13 +172,9 @@ _NAME_WIDTH = 40
 
 
 def _display_name(name) -> str:
-    """A category name as the summary prints it: one line of printable text whatever the file
-    holds (a newline, a control character or a lone surrogate, which stdout cannot encode, is
-    escaped as in a Python string literal; a non-string is shown as its value), at most
-    ``_NAME_WIDTH`` characters."""
-    text = name if isinstance(name, str) else str(name)
-    if not text.isprintable():
-        text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    """A category name as the summary prints it: one line of printable text whatever the file holds
+    (``alseg.files.printable``), at most ``_NAME_WIDTH`` characters."""
+    text = printable(name)
     return text if len(text) <= _NAME_WIDTH else text[:_NAME_WIDTH - 3] + "..."
 
 

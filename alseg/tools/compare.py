@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from alseg.errors import AlsegError, json_value_problem
-from alseg.files import StagedFiles
+from alseg.files import StagedFiles, printable
 from alseg.spread import seed_std
 
 PROG = "alseg-compare"
@@ -65,13 +65,9 @@ def _show(path: Path) -> str:
 
 
 def display(value: Any) -> str:
-    """A config / record value as a group label or in a note: one line of printable text (a
-    newline, a control character or a lone surrogate, which neither the terminal, the UTF-8 outputs
-    nor the figure's font can take, is escaped as in a Python string literal); any type."""
-    text = value if isinstance(value, str) else str(value)
-    if text.isprintable():
-        return text
-    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    """A config / record value as a group label or in a note (``alseg.files.printable``): one line of
+    printable text, any type."""
+    return printable(value)
 
 
 def repeated(values: Sequence[Any]) -> list[str]:
