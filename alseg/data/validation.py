@@ -397,6 +397,11 @@ def _bbox_ok(bbox: Any) -> bool:
         return False
 
 
+# What a polygon coordinate may be as json parses it: a number, or null (NaN: "not finite" below).
+# Not bool (a subclass of int) nor a string, which numpy would read as 1.0 or 5.0.
+_COORDINATE_TYPES = {int, float, type(None)}
+
+
 def _add_polygon(seg: list, coords: list, part_ptr: list) -> int:
     """Append the parts of a polygon list with 3 points or more to ``coords`` / ``part_ptr``;
     returns OK, DEGENERATE_PART (a shorter part dropped), DEGENERATE_POLYGON (no part kept) or
@@ -522,7 +527,8 @@ class AnnotationChecker:
         the field when an 'id', 'image_id' or 'category_id' is an integer that does not fit int64."""
         chunk = annotations[start:stop]
         why: dict[int, str] | None = {} if texts else None
-        if not texts and all(type(a) is TypedAnnotation for a in chunk):
+        scan_typed = not texts and all(type(a) is TypedAnnotation for a in chunk)
+        if scan_typed:
             scan = self._scan_typed(chunk, start)
         else:
             scan = self._scan(chunk, start, why)
@@ -531,7 +537,8 @@ class AnnotationChecker:
         crowd_arr = np.asarray(crowd_l, dtype=bool)
         self._check_boxes(boxes, areas, status, why)
         hw = np.asarray(poly_hw, dtype=np.int64).reshape(-1, 2)
-        coords_arr, part_arr, inst_arr = self._check_polygons(coords, part_ptr, inst_ptr, poly_k, hw, status, why)
+        coords_arr, part_arr, inst_arr = self._check_polygons(coords, part_ptr, inst_ptr, poly_k, hw, status, why,
+                                                              typed=scan_typed)
         del coords
         rles = self._check_rles(rle_items, status, why)
 
@@ -736,22 +743,28 @@ class AnnotationChecker:
                     why[k] = f"invalid area {areas[k]!r} (needs a finite number >= 0)"
 
     @staticmethod
-    def _check_polygons(coords, part_ptr, inst_ptr, poly_k, hw, status, why):
+    def _check_polygons(coords, part_ptr, inst_ptr, poly_k, hw, status, why, typed=False):
         """Numbers, finiteness, range, position and area of the polygon annotations of a chunk
-        (status updated in place); returns the coordinate (float64) and offset (int64) arrays."""
+        (status updated in place); returns the coordinate (float64) and offset (int64) arrays.
+        ``typed``: the coordinates were decoded as floats (``TypedAnnotation``); else each one's
+        type is checked (numpy would read the string "5" or true as a number)."""
         part_arr = np.asarray(part_ptr, dtype=np.int64)
         inst_arr = np.asarray(inst_ptr, dtype=np.int64)
         if not poly_k:
             return np.zeros(0, np.float64), part_arr, inst_arr
         try:
+            if not typed and not set(map(type, coords)) <= _COORDINATE_TYPES:
+                raise TypeError("a coordinate that is not a JSON number")
             arr = np.fromiter(coords, dtype=np.float64, count=len(coords))
         except (ValueError, TypeError, OverflowError):
-            # Some coordinate is not a number (a word, a nested list...): find which annotations,
-            # zero their coordinates and mark them.
+            # Some coordinate is not a number (a word, a boolean, a nested list...): find which
+            # annotations, zero their coordinates and mark them.
             arr = np.zeros(len(coords), dtype=np.float64)
             for j, k in enumerate(poly_k):
                 a, b = part_arr[inst_arr[j]], part_arr[inst_arr[j + 1]]
                 try:
+                    if not set(map(type, coords[a:b])) <= _COORDINATE_TYPES:
+                        raise TypeError("a coordinate that is not a JSON number")
                     arr[a:b] = np.asarray(coords[a:b], dtype=np.float64)  # None -> NaN: not finite, below
                 except (ValueError, TypeError, OverflowError):
                     status[k] = INVALID_SEGMENTATION
