@@ -166,6 +166,15 @@ def test_missing_object_png(voc, tmp_path):
     assert out.read_text() == '{"old": true}'
 
 
+def test_a_png_pillow_refuses_is_one_line(voc, monkeypatch):
+    """Every error Pillow raises on a mask (here a decompression bomb: not an OSError) names the PNG."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # the 40x30 masks exceed 2x the limit
+    with pytest.raises(DataError) as info:
+        voc_to_coco_dict(voc, "train")
+    msg = str(info.value)
+    assert "2008_000001.png: cannot be read (Image size (1200 pixels) exceeds limit" in msg and "\n" not in msg
+
+
 def test_bad_inputs(voc):
     with pytest.raises(DataError, match=r"Segmentation/val\.txt: split file not found"):
         voc_to_coco_dict(voc, "val")

@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 from alseg.data.coco import CocoDataset
 from alseg.data.validation import OK, check_coco
 from alseg.errors import DataError
+from alseg.files import one_line
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def _read_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             arr = np.array(im)  # palette indices, not RGB colours
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e})") from None
+    except Exception as e:  # OSError, PIL's SyntaxError 'broken PNG file', DecompressionBombError, ...
+        raise DataError(f"{path}: cannot be read ({one_line(e)})") from None
     if arr.ndim != 2:
         raise DataError(f"{path}: expected a single-channel palette PNG, got shape {arr.shape}")
     return arr
