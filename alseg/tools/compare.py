@@ -64,16 +64,10 @@ def _show(path: Path) -> str:
         return str(path)
 
 
-def display(value: Any) -> str:
-    """A config / record value as a group label or in a note (``alseg.files.printable``): one line of
-    printable text, any type."""
-    return printable(value)
-
-
 def repeated(values: Sequence[Any]) -> list[str]:
-    """The values (shown by ``display``) that occur more than once, None left out; any type, a
-    list or mapping from config.yaml included (compared by their display)."""
-    shown = [display(v) for v in values if v is not None]
+    """The values (as ``alseg.files.printable`` shows them) that occur more than once, None left
+    out; any type, a list or mapping from config.yaml included (compared as shown)."""
+    shown = [printable(v) for v in values if v is not None]
     return sorted({v for v in shown if shown.count(v) > 1})
 
 
@@ -328,7 +322,7 @@ def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[s
                 notes.append(f"{run.name}: no '{key}' in config.yaml or results.jsonl; grouped under '{MISSING}'")
             else:
                 found_any[key] = True
-                parts.append(display(v))
+                parts.append(printable(v))
         labels[id(run)] = " / ".join(parts)
     missing = [k for k, ok in found_any.items() if not ok]
     if missing:
@@ -361,7 +355,7 @@ def aggregate(label: str, runs: list[Run], metrics: Sequence[str], keys: Sequenc
     for key in ("experiment_name", "dataset.name"):
         if key in keys:
             continue
-        vals = sorted({display(v) for v in (r.value(key) for r in runs) if v is not None})
+        vals = sorted({printable(v) for v in (r.value(key) for r in runs) if v is not None})
         if len(vals) > 1:
             notes.append(f"group {label} mixes {key} values {', '.join(vals)} "
                          f"(add --group-by {','.join([*keys, key])} to separate them)")

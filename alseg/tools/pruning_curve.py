@@ -38,7 +38,8 @@ import numpy as np
 
 from alseg.errors import AlsegError
 from alseg.spread import seed_std
-from alseg.tools.compare import (MISSING, Run, _is_number, display, group_runs, number, print_grouped_table,
+from alseg.files import printable
+from alseg.tools.compare import (MISSING, Run, _is_number, group_runs, number, print_grouped_table,
                                  read_finished_runs, repeated, write_outputs)
 
 PROG = "pruning_curve"
@@ -86,7 +87,7 @@ def strategy_of(run: Run) -> str | None:
         v = run.record_value("initial_strategy")
     if v is None:
         v = run.config_value("al.initial_strategy.name")
-    return None if v is None else display(v)
+    return None if v is None else printable(v)
 
 
 def _number(run: Run, key: str) -> float | None:
