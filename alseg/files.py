@@ -113,19 +113,18 @@ def temp_file(path: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, s
     """``tempfile.mkstemp`` in ``path``'s folder (open fd, name), with the permissions ``path``
     gets when it replaces the destination: the destination's own mode where it exists, else what
     ``open()`` would give (0o666 less the umask). mkstemp alone makes 0600 files, which other
-    users of a shared run folder or dataset cannot read. OSError as mkstemp raises it."""
+    users of a shared run folder or dataset cannot read. OSError as mkstemp raises it; a file system
+    that refuses chmod keeps its own mode."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     try:
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except OSError:
-            mode = 0o666 & ~_umask()
-        os.fchmod(fd, mode)
+        mode = os.stat(path).st_mode & 0o777
     except OSError:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
+        mode = 0o666 & ~_umask()
+    try:
+        os.fchmod(fd, mode)
+    except OSError:  # a file system without permissions (FAT, some network mounts): its own mode
+        pass
     return fd, tmp
 
 

@@ -322,6 +322,16 @@ def test_written_files_get_the_umask_mode_or_keep_the_destinations(tmp_path):
     assert modes == {"new.json": 0o640, "kept.json": 0o604, "staged.csv": 0o640, "cache.npz": 0o640,
                      "voc.json": 0o640}
 
+
+def test_a_file_system_that_refuses_chmod_still_gets_the_file(tmp_path, monkeypatch):
+    def refused(fd, mode):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "fchmod", refused)
+    files.atomic_write_json(tmp_path / "state.json", {"a": 1})
+    assert json.loads((tmp_path / "state.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
 def test_readers_name_the_file_and_the_fault(tmp_path):
     p = tmp_path / "f.json"
     p.write_text('{"a": [1, 2')
