@@ -92,13 +92,9 @@ def missing_as_none(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- writes
-_UMASK_AT_IMPORT = os.umask(0o022)
-os.umask(_UMASK_AT_IMPORT)
-
-
 def _umask() -> int:
     """The process's umask. os.umask has no read-only form (setting it to read it races with other
-    threads), so Linux's /proc/self/status is read; elsewhere, the umask when alseg was imported."""
+    threads), so Linux's /proc/self/status is read; elsewhere it is set and restored at once."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -106,7 +102,9 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return _UMASK_AT_IMPORT
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def temp_file(path: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
@@ -145,8 +143,6 @@ class StagedFiles:
     naming the destination."""
 
     def __init__(self, error: type | None = None) -> None:
-        from alseg.errors import AlsegError
-
         self.error = error or AlsegError
         self.files: list[tuple[Path, Path]] = []  # (temporary file, destination)
 
