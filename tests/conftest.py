@@ -9,6 +9,16 @@ from hydra import compose, initialize_config_dir
 from alseg.cli import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def checkout_env(**extra: str) -> dict:
+    """``os.environ`` with this checkout first on PYTHONPATH (plus ``extra``): a subprocess then
+    imports the alseg under test, not another installed copy (a git worktree beside an editable
+    install of the main checkout would otherwise test the main checkout's code)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 TINY_COCO = Path(os.environ.get("ALSEG_TINY_COCO", REPO.parent / "shared" / "data" / "tiny_coco"))
 
 # A fast configuration: 64-pixel synthetic images, a few iterations, no wandb, no progress bars.

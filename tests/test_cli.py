@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fast_overrides
+from conftest import checkout_env, fast_overrides
 
 
 def _alseg(tmp_path, *overrides):
@@ -389,7 +389,7 @@ def test_unwritable_runs_and_cache_folders_are_one_line(tmp_path):
 
 def test_help_says_what_alseg_is_and_shows_first_commands(tmp_path):
     res = subprocess.run([sys.executable, "-m", "alseg.cli", "--help"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env=checkout_env())
     assert res.returncode == 0, res.stderr
     head = res.stdout.split("== Configuration groups ==")[0]
     assert head.startswith("alseg: active learning and data selection for instance segmentation")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST
+from conftest import FAST, checkout_env
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ ARGS = [*(o for o in FAST if not o.startswith("al.rounds=")), "al.rounds=1", "ev
 
 
 def _env(tmp: Path) -> dict:
-    return {**os.environ, "ALSEG_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    return checkout_env(ALSEG_CACHE=str(tmp / "cache"), OMP_NUM_THREADS="1", WANDB_MODE="offline")
 
 
 def _torchrun(tmp: Path, *overrides: str, wait: bool = True):

@@ -15,14 +15,14 @@ import yaml
 
 from alseg import cluster
 from alseg.tools import compare
-from conftest import REPO, fast_overrides
+from conftest import checkout_env, fast_overrides
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e .[cluster]")
 
 
 def _alseg(tmp_path, *args, extra_env=None, timeout=300):
-    env = {**os.environ, "ALSEG_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(extra_env or {})}
+    env = checkout_env(ALSEG_CACHE=str(tmp_path / "cache"), WANDB_MODE="disabled", OMP_NUM_THREADS="1",
+                       **(extra_env or {}))
     cmd = [sys.executable, "-m", "alseg.cli", *args]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -184,7 +184,7 @@ def test_a_sweep_worker_stops_when_its_launcher_is_killed(tmp_path, idle):
     import time
 
     out = tmp_path / "interrupted"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = checkout_env()
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, WORKER, str(out), "idle" if idle else "job"],
                                 env=env, stdout=subprocess.PIPE, text=True)
     worker_pid = int(launcher.stdout.readline())

@@ -18,6 +18,7 @@ from alseg.tfdp import score_dataset, select_top
 from alseg.tfdp.cli import main as prune_main
 from alseg.tfdp.plots import _pick, plot_kept_vs_pruned, plot_score_distribution
 from alseg.tools.pruning_curve import main as curve_main
+from conftest import checkout_env
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 48, 64
@@ -223,7 +224,8 @@ def test_pruning_curve_means_and_std(tmp_path, capsys):
 
     # Another metric, and the thin script.
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "pruning_curve.py"), str(exp), "--metric", "box_AP",
-                           "--out", str(out / "box")], capture_output=True, text=True, timeout=120)
+                           "--out", str(out / "box")], capture_output=True, text=True, timeout=120,
+                          env=checkout_env())
     assert proc.returncode == 0, proc.stderr
     with open(out / "box" / "pruning.csv", newline="") as f:
         box = {(r["strategy"], r["pruning_rate"]): float(r["box_AP_mean"]) for r in csv.DictReader(f)}

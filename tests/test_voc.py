@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pycocotools.coco import COCO
 
 from alseg.data.voc import VOC_CLASSES, load_voc, voc_to_coco_dict
 from alseg.errors import DataError
+from conftest import checkout_env
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 40, 30
@@ -142,7 +142,7 @@ def test_load_voc(voc):
 def test_cli_writes_coco_json(voc, tmp_path):
     out = tmp_path / "out" / "instances_train.json"
     r = subprocess.run([sys.executable, str(REPO / "tools" / "voc_to_coco.py"), "--voc-root", str(voc),
-                        "--split", "train", "--out", str(out)], capture_output=True, text=True)
+                        "--split", "train", "--out", str(out)], capture_output=True, text=True, env=checkout_env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines() == [f"{out}: 3 images, 3 instances (aeroplane=1, dog=1, person=1)"]
     coco = COCO(str(out))
@@ -159,7 +159,7 @@ def test_missing_object_png(voc, tmp_path):
     out = tmp_path / "old.json"
     out.write_text('{"old": true}')
     r = subprocess.run([sys.executable, str(REPO / "tools" / "voc_to_coco.py"), "--voc-root", str(voc),
-                        "--out", str(out)], capture_output=True, text=True)
+                        "--out", str(out)], capture_output=True, text=True, env=checkout_env())
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: ") and "2008_000002.png" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -227,6 +227,6 @@ def test_split_file_not_text_is_one_line(voc, tmp_path):
     out.write_text('{"old": true}')
     r = subprocess.run([sys.executable, str(REPO / "tools" / "voc_to_coco.py"), "--voc-root", str(voc),
                         "--split", "latin", "--out", str(out)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's alseg
+                       env=checkout_env())
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "latin.txt" in r.stderr and out.read_text() == '{"old": true}'
