@@ -120,7 +120,7 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
                 ax.legend(fontsize=8)
     if outside:
         handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[1]))
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+        fig.legend(handles, labels, loc="outside right center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
