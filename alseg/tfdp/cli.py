@@ -40,7 +40,7 @@ import numpy as np
 
 from alseg import interrupts
 from alseg.errors import AlsegError, ConfigError, DataError
-from alseg.files import StagedFiles, WriteError, make_dirs, printable
+from alseg.files import StagedFiles, WriteError, make_dirs, printable, write_buffers
 from alseg.tfdp.jsonio import dump_json, gc_paused, read_coco, read_coco_lazy
 from alseg.tfdp.scoring import (
     CONTOURS,
@@ -311,7 +311,7 @@ def _write_pieces(path: Path, tmp: Path, pieces) -> None:
     """The pruned JSON's pieces to its temporary file ``tmp`` (errors name ``path``)."""
     try:
         with open(tmp, "wb") as f:
-            f.writelines(pieces)
+            write_buffers(f, pieces)
     except OSError as e:
         raise AlsegError(f"{path}: cannot write ({e.strerror or e})") from None
 

@@ -903,9 +903,11 @@ def prune_coco(coco_dict: Mapping, kept_ids: Iterable[int]) -> dict:
 
 def prune_raw(top: Mapping, result: ScoreResult, kept_ids: Iterable[int]) -> tuple[Iterator[bytes], int, int]:
     """``prune_coco`` of a file read by ``jsonio.read_coco_lazy`` and scored by ``score_raw``: the
-    compact JSON text as consecutive pieces (write them in order), and the numbers of images and
-    annotations kept. The kept annotations are copied as the file wrote them (never parsed here),
-    in blocks, so the whole text never exists at once; everything else as ``prune_coco`` does."""
+    compact JSON text as consecutive bytes-like pieces (write them in order, e.g. with
+    ``alseg.files.write_buffers``), and the numbers of images and annotations kept. The kept
+    annotations are the file's own bytes (``msgspec.Raw``, never parsed or copied here), one piece
+    each with the commas between them, so the text is never joined; everything else as
+    ``prune_coco`` does."""
     import msgspec
 
     out = {k: v for k, v in top.items() if k not in ("images", "annotations")}
@@ -922,9 +924,12 @@ def prune_raw(top: Mapping, result: ScoreResult, kept_ids: Iterable[int]) -> tup
 
     def pieces() -> Iterator[bytes]:
         yield head + b"["
-        for i in range(0, len(sel), 65536):
-            block = sel[i:i + 65536]
-            yield (b"," if i else b"") + b",".join([raw[k] for k in block])
+        if sel:
+            yield raw[sel[0]]
+            comma = b","
+            for k in sel[1:]:
+                yield comma
+                yield raw[k]
         yield b"]" + tail
 
     return pieces(), len(images), len(sel)
