@@ -44,7 +44,8 @@ Choices the paper leaves open, and what this module does:
   scores are broken by image id (smaller id first) so that selection is deterministic.
 * **Kept count** for a ratio: ``round(keep * n_images)`` (half up), at least 1.
 
-Speed (about 30 us of CPU per instance at COCO scale, ``benchmarks/tfdp_speed.py``):
+Speed (38-49 us of CPU per instance for the whole command at COCO scale, all processes, as the
+VM's speed drifts; ``benchmarks/tfdp_speed.py``):
 
 * a polygon is rasterised only inside its bounding box (+1 px margin, clipped to the image), on
   pycocotools' 5x grid shifted by the box origin (``alseg.tfdp.raster.upsampled``), which gives the
