@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -137,48 +138,25 @@ def make_dirs(path: str | os.PathLike) -> Path:
 
 
 def write_buffers(f: IO[bytes], buffers: Iterable, batch: int = 1024) -> None:
-    """Write ``buffers`` (bytes-like objects: bytes, memoryview, ``msgspec.Raw``) to the binary file
-    ``f`` in order, ``batch`` at a time with one ``os.writev`` call each, so the data are never
-    joined into one copy (a 400 MB pruned COCO file from ~1.5 million pieces: 0.28 s, against
-    0.43-0.93 s for joining blocks then writing, in a fresh process). Where ``os.writev`` is
-    missing (Windows) each batch is joined and written. Raises OSError as the writes do."""
+    """Write ``buffers`` (bytes-like objects of bytes: bytes, memoryview, ``msgspec.Raw``) to the
+    binary file ``f`` in order, ``batch`` (at most IOV_MAX, 1024 on Linux and macOS) at a time with
+    one ``os.writev`` call each, so the data are never joined into one copy (a 400 MB pruned COCO
+    file from ~1.5 million pieces: 0.28 s, against 0.43-0.93 s for joining blocks then writing, in
+    a fresh process). Where ``os.writev`` is missing (Windows) each batch is joined and written.
+    Raises OSError as the writes do."""
     f.flush()
-    fd = f.fileno()
     writev = getattr(os, "writev", None)
-    batch = max(1, min(batch, _IOV_MAX))
-    pending: list = []
-
-    def flush() -> None:
+    it = iter(buffers)
+    while chunk := list(itertools.islice(it, max(1, batch))):
         if writev is None:
-            f.write(b"".join(pending))
-            return
-        done = writev(fd, pending)
-        total = sum(map(len, pending))
-        if done < total:  # a short write (a signal, a nearly full disk): the rest, one piece at a time
-            rest = memoryview(b"".join(pending))[done:]
+            f.write(b"".join(chunk))
+            continue
+        done = writev(f.fileno(), chunk)
+        if done < sum(map(len, chunk)):  # a short write (a signal, a nearly full disk): the rest
+            rest = memoryview(b"".join(chunk))[done:]
             while rest:
-                rest = rest[os.write(fd, rest):]
-
-    for b in buffers:
-        pending.append(b)
-        if len(pending) >= batch:
-            flush()
-            pending = []
-    if pending:
-        flush()
-    if writev is None:
-        f.flush()
-
-
-def _iov_max() -> int:
-    try:
-        n = os.sysconf("SC_IOV_MAX")
-    except (AttributeError, ValueError, OSError):
-        return 1024
-    return n if n > 0 else 1024
-
-
-_IOV_MAX = _iov_max()
+                rest = rest[os.write(f.fileno(), rest):]
+    f.flush()
 
 
 class StagedFiles:
