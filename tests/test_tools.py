@@ -123,6 +123,32 @@ def test_compare_strategy_from_config_and_group_by(tmp_path):
     assert set(read_csv(out / "compare.csv")) == {("voc / random", 0), ("coco / entropy", 0)}
 
 
+class _StubRun:
+    def __init__(self, run_name, **values):
+        self.name, self.values = run_name, values
+
+    def value(self, key):
+        return self.values.get(key)
+
+
+def test_group_labels_leave_out_missing_keys():
+    runs = [_StubRun("r0", name="random"), _StubRun("r1", name="random"),
+            _StubRun("t0", name="tfdp", variant="scs"), _StubRun("t1", name="tfdp", variant="si_cb_scs"),
+            _StubRun("e0")]
+    notes = []
+    groups = compare.group_runs(runs, ["name", "variant"], notes)
+    assert {k: [r.name for r in v] for k, v in groups.items()} == {
+        "random": ["r0", "r1"], "tfdp / scs": ["t0"], "tfdp / si_cb_scs": ["t1"], "?": ["e0"]}
+    assert notes == ["no 'name' in config.yaml or results.jsonl of 1 run(s) (e0); left out of their labels",
+                     "no 'variant' in config.yaml or results.jsonl of 3 run(s) (r0, r1, e0); left out of their labels"]
+    # leaving a value out must not merge different groups: 'x' without a variant vs. no name and variant 'x'
+    groups = compare.group_runs([_StubRun("a", name="x"), _StubRun("b", variant="x"), _StubRun("c", name="y")],
+                                ["name", "variant"], [])
+    assert {k: [r.name for r in v] for k, v in groups.items()} == {"x / ?": ["a"], "? / x": ["b"], "y": ["c"]}
+    with pytest.raises(compare.CompareError, match="--group-by nope: not found"):
+        compare.group_runs(runs, ["name", "nope"], [])
+
+
 def _error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as e:
         compare.main(argv)

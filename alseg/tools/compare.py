@@ -5,7 +5,8 @@
 
 Every folder holding a ``results.jsonl`` under the given paths is a run. Runs are grouped by
 strategy (``strategy`` of the result records, else ``strategy.name`` of ``config.yaml``) or by the
-``--group-by`` keys (dotted keys of ``config.yaml``, else of the records). Per group and round the
+``--group-by`` keys (dotted keys of ``config.yaml``, else of the records; a key a run lacks is left out
+of its label, with a note). Per group and round the
 table gives the mean labeled images and annotation hours and ``mean ± std`` of each metric over the
 group's runs (seeds); std is the sample std (ddof=1, ``alseg.spread.seed_std``). A round is
 aggregated only where every run of its group has it; incomplete runs are listed under the table.
@@ -311,19 +312,37 @@ def check_values(runs: list[Run], keys: Sequence[str], error: type[AlsegError] |
 
 
 def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[str, list[Run]]:
-    labels: dict[int, str] = {}  # id(run) -> label
+    """Runs grouped by the values of ``keys`` (config or record keys), labelled ``"v1 / v2"``. A key a
+    run does not have is left out of its label (a random baseline has no TFDP variant: ``random``,
+    not ``random / ?``), with a note; a run with none of the keys is labelled ``?``.
+
+    Raises CompareError when a key is found in no run at all (a typo)."""
+    full: dict[int, str] = {}  # id(run) -> label with MISSING in place of each missing value
+    short: dict[int, str] = {}  # id(run) -> label without the missing values
     found_any = {k: False for k in keys}
+    without: dict[str, list[str]] = {}  # key -> names of the runs without it
     for run in runs:
         parts = []
         for key in keys:
             v = run.value(key)
             if v is None:
-                parts.append(MISSING)
-                notes.append(f"{run.name}: no '{key}' in config.yaml or results.jsonl; grouped under '{MISSING}'")
+                without.setdefault(key, []).append(run.name)
+                parts.append(None)
             else:
                 found_any[key] = True
                 parts.append(printable(v))
-        labels[id(run)] = " / ".join(parts)
+        full[id(run)] = " / ".join(MISSING if p is None else p for p in parts)
+        short[id(run)] = " / ".join(p for p in parts if p is not None) or MISSING
+    owners: dict[str, set[str]] = {}  # short label -> the full labels it stands for
+    for i, label in short.items():
+        owners.setdefault(label, set()).add(full[i])
+    # where leaving values out would merge different groups, those runs keep the '?' form
+    labels = {i: label if len(owners[label]) == 1 else full[i] for i, label in short.items()}
+    for key in (k for k in keys if k in without):
+        names = without[key]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        notes.append(f"no '{key}' in config.yaml or results.jsonl of {len(names)} run(s) ({shown}); "
+                     f"left out of their labels")
     missing = [k for k, ok in found_any.items() if not ok]
     if missing:
         raise CompareError(f"--group-by {missing[0]}: not found in any run's config.yaml or results.jsonl")

@@ -9,7 +9,8 @@ is used. Runs are grouped by strategy (``initial_strategy`` of the record, else
 ``al.initial_strategy.name`` of ``config.yaml``) and by pruning rate (``pruning_rate`` of the record,
 else ``1 - labeled_images / pool_images``, rounded to 3 decimals); ``--group-by`` replaces the
 strategy by config or record keys, as in alseg-compare (e.g. ``al.initial_strategy.name,
-al.initial_strategy.variant`` to keep TFDP's variants apart; a run without a key shows ``?``). Per group: ``n`` runs, mean kept
+al.initial_strategy.variant`` to keep TFDP's variants apart; a key a run does not have is left out of its label,
+as in alseg-compare: ``random``, not ``random / ?``). Per group: ``n`` runs, mean kept
 images, and mean ± std of the metric (std: sample std, ddof=1, as alseg-compare). Writes
 ``pruning.csv``, ``pruning.md`` and ``pruning.png`` (the metric against the pruning rate, one line per
 strategy, a band of ± one std) to ``--out``.
