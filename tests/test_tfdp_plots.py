@@ -182,6 +182,11 @@ EXPECTED = {  # hand-computed mean, sample std (ddof=1): two values a, b give |a
 }
 
 
+def hours_of(strategy: str, labeled: int, seed: int) -> float:
+    """Annotation hours of a kept subset: TFDP keeps instance-rich images (more hours per image)."""
+    return labeled * (0.08 if strategy == "tfdp" else 0.05) + 0.1 * seed
+
+
 def make_runs(root: Path) -> Path:
     exp = root / "runs" / "pruning"
     for strategy, by_rate in VALUES.items():
@@ -193,7 +198,8 @@ def make_runs(root: Path) -> Path:
                 (run / "config.yaml").write_text(
                     f"seed: {seed}\nal:\n  rounds: 0\n  initial: {labeled}\n  initial_strategy:\n    name: {strategy}\n")
                 rec = {"round": 0, "labeled_images": labeled, "pool_images": 200, "strategy": "random",
-                       "seed": seed, "mask_AP": ap, "mask_AP50": ap + 0.2, "box_AP": ap + 0.05}
+                       "seed": seed, "mask_AP": ap, "mask_AP50": ap + 0.2, "box_AP": ap + 0.05,
+                       "hours": hours_of(strategy, labeled, seed)}
                 if strategy == "tfdp":  # in the record; 'random' runs: config fallback, rate from counts
                     rec["initial_strategy"] = strategy
                     rec["pruning_rate"] = 1 - labeled / 200 + 1e-5  # rounded to 3 decimals
@@ -209,7 +215,7 @@ def test_pruning_curve_means_and_std(tmp_path, capsys):
     assert "tfdp" in printed and "random" in printed and "0.320 ± 0.028" in printed
     with open(out / "pruning.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["strategy", "pruning_rate", "n", "kept_images", "mask_AP_mean", "mask_AP_std"]
+    assert list(rows[0]) == ["strategy", "pruning_rate", "n", "kept_images", "hours", "mask_AP_mean", "mask_AP_std"]
     got = {(r["strategy"], r["pruning_rate"]): r for r in rows}
     assert set(got) == set(EXPECTED)
     for key, (mean, std) in EXPECTED.items():
@@ -218,8 +224,10 @@ def test_pruning_curve_means_and_std(tmp_path, capsys):
         assert float(r["mask_AP_mean"]) == pytest.approx(mean, abs=1e-9)
         assert float(r["mask_AP_std"]) == pytest.approx(std, abs=1e-9)
         assert float(r["kept_images"]) == (100 if key[1] == "0.500" else 50)
+        kept = 100 if key[1] == "0.500" else 50
+        assert float(r["hours"]) == pytest.approx((hours_of(key[0], kept, 0) + hours_of(key[0], kept, 1)) / 2)
     md = (out / "pruning.md").read_text()
-    assert "| tfdp | 0.500 | 100 | 0.320 ± 0.028 | 2 |" in md
+    assert "| tfdp | 0.500 | 100 | 8.05 | 0.320 ± 0.028 | 2 |" in md
     assert _is_png(out / "pruning.png")
 
     # Another metric, and the thin script.
@@ -322,7 +330,43 @@ def test_pruning_curve_shows_dollar_strategy_literally(tmp_path, capsys, monkeyp
     assert curve_main([str(exp), "--out", str(out)]) == 0
     assert seen["legend"] == ["$x^$ a_b (n=2)"]  # mathtext off: drawn as written
     assert _is_png(out / "pruning.png")
-    assert "| $x^$ a_b | 0.900 | 1 | 0.150 ± 0.071 | 2 |" in (out / "pruning.md").read_text()
+    assert "| $x^$ a_b | 0.900 | 1 | 1.00 | 0.150 ± 0.071 | 2 |" in (out / "pruning.md").read_text()
+
+
+def test_pruning_curve_against_hours(tmp_path, capsys):
+    """The right panel draws each strategy's mean metric at its mean annotation hours; a point whose
+    runs do not all have hours is left out of it (and shows '-'); negative hours are refused."""
+    import alseg.tools.pruning_curve as pc
+
+    exp = make_runs(tmp_path)
+    notes = []
+    points = pc.collect([exp], "mask_AP", notes)
+    fig = pc.curve_figure(points, "mask_AP")
+    rate_ax, hours_ax = fig.axes
+    assert [t.get_text() for t in rate_ax.get_legend().get_texts()] == ["random (n=2)", "tfdp (n=2)"]
+    for strategy, line_rate, line_hours in zip(("random", "tfdp"), rate_ax.get_lines(), hours_ax.get_lines()):
+        assert line_rate.get_color() == line_hours.get_color()
+        want = sorted(((hours_of(strategy, k, 0) + hours_of(strategy, k, 1)) / 2, EXPECTED[(strategy, r)][0])
+                      for k, r in ((100, "0.500"), (50, "0.750")))
+        assert list(line_hours.get_xdata()) == pytest.approx([h for h, _ in want])
+        assert list(line_hours.get_ydata()) == pytest.approx([v for _, v in want])
+    # one tfdp run at 0.75 without hours: that point leaves the hours panel, the rate panel keeps it
+    rec_path = next(p for p in exp.glob("tfdp_0.75_s1/results.jsonl"))
+    rec = json.loads(rec_path.read_text())
+    del rec["hours"]
+    rec_path.write_text(json.dumps(rec) + "\n")
+    points = pc.collect([exp], "mask_AP", [])
+    fig = pc.curve_figure(points, "mask_AP")
+    tfdp_rate, tfdp_hours = fig.axes[0].get_lines()[1], fig.axes[1].get_lines()[1]
+    assert len(tfdp_rate.get_xdata()) == 2 and list(tfdp_hours.get_xdata()) == pytest.approx([8.05])
+    assert curve_main([str(exp), "--out", str(tmp_path / "o")]) == 0
+    assert "| tfdp | 0.750 | 50 | - | 0.270 ± 0.028 | 2 |" in (tmp_path / "o" / "pruning.md").read_text()
+    capsys.readouterr()
+    rec["hours"] = -1.0
+    rec_path.write_text(json.dumps(rec) + "\n")
+    err = _error([str(exp), "--out", str(tmp_path / "o")], capsys)
+    assert str(rec_path) in err and "'hours' must be >= 0, got -1" in err
+    assert "| - |" in (tmp_path / "o" / "pruning.md").read_text()  # the previous outputs are kept
 
 
 def test_pruning_curve_failure_leaves_previous_outputs(tmp_path, capsys):
@@ -367,7 +411,7 @@ def test_pruning_curve_null_metric_is_left_out(tmp_path, capsys):
     out = tmp_path / "o"
     assert curve_main([str(exp), "--out", str(out)]) == 0
     md = (out / "pruning.md").read_text()
-    assert "| tfdp | 0.500 | 100 | 0.340 | 1 |" in md and "missing (null or NaN) 'mask_AP'" in md
+    assert "| tfdp | 0.500 | 100 | 8.10 | 0.340 | 1 |" in md and "missing (null or NaN) 'mask_AP'" in md
 
 
 @pytest.mark.parametrize("value,reason", [("[" * 100_000 + "]" * 100_000, "nested too deeply"),

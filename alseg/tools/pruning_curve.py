@@ -11,15 +11,17 @@ else ``1 - labeled_images / pool_images``, rounded to 3 decimals); ``--group-by`
 strategy by config or record keys, as in alseg-compare (e.g. ``al.initial_strategy.name,
 al.initial_strategy.variant`` to keep TFDP's variants apart; a key a run does not have is left out of its label,
 as in alseg-compare: ``random``, not ``random / ?``). Per group: ``n`` runs, mean kept
-images, and mean ± std of the metric (std: sample std, ddof=1, as alseg-compare). Writes
-``pruning.csv``, ``pruning.md`` and ``pruning.png`` (the metric against the pruning rate, one line per
-strategy, a band of ± one std) to ``--out``.
+images, mean annotation hours of the kept subsets (``hours`` of the record; rules that keep
+instance-rich images cost more at the same rate), and mean ± std of the metric (std: sample std,
+ddof=1, as alseg-compare). Writes ``pruning.csv``, ``pruning.md`` and ``pruning.png`` (the metric
+against the pruning rate and against the hours, one line per strategy, a band of ± one std) to
+``--out``.
 
 Input is checked before anything is written, as by alseg-compare (``alseg.tools.compare.number``):
-the metric, ``pruning_rate``, ``labeled_images`` and ``pool_images`` must be finite numbers of
+the metric, ``pruning_rate``, ``labeled_images``, ``pool_images`` and ``hours`` must be finite numbers of
 magnitude at most 1e12 where given (null or NaN: missing; a run whose metric is missing is left out,
 with a note); ``pruning_rate`` in [0, 1]; without it, 0 <= ``labeled_images`` <= ``pool_images``,
-``pool_images`` > 0, and a fault names those fields. Strategy names and the metric are shown
+``pool_images`` > 0, ``hours`` >= 0, and a fault names those fields. Strategy names and the metric are shown
 literally in the figure (mathtext off, ``alseg.plots``). All outputs are made first (the PNG in memory)
 and then moved over the previous ones: a fault leaves them as they were.
 """
@@ -59,6 +61,7 @@ class Point:
     runs: list[Run] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     kept: list[float] = field(default_factory=list)  # labeled_images of the runs that have it
+    hours: list[float] = field(default_factory=list)  # annotation hours of the runs that have them
 
     @property
     def n(self) -> int:
@@ -75,6 +78,11 @@ class Point:
     @property
     def kept_mean(self) -> float | None:
         return float(np.mean(self.kept)) if self.kept else None
+
+    @property
+    def hours_mean(self) -> float | None:
+        """Mean annotation hours of the kept subsets; None unless every run of the point has them."""
+        return float(np.mean(self.hours)) if self.hours and len(self.hours) == self.n else None
 
 
 def _where(run: Run) -> str:
@@ -156,6 +164,11 @@ def collect(paths: Sequence[str | os.PathLike], metric: str, notes: list[str],
         kept = _number(run, "labeled_images")
         if kept is not None:
             p.kept.append(kept)
+        hours = _number(run, "hours")
+        if hours is not None:
+            if hours < 0:
+                raise PruningCurveError(f"{_where(run)}: 'hours' must be >= 0, got {hours:g}")
+            p.hours.append(hours)
     for p in points.values():
         dup = repeated([r.value("seed") for r in p.runs])
         if dup:
@@ -176,24 +189,29 @@ def _fmt_kept(p: Point) -> str:
     return str(int(k)) if float(k).is_integer() else f"{k:.1f}"
 
 
+def _fmt_hours(p: Point) -> str:
+    h = p.hours_mean
+    return "-" if h is None else f"{h:.2f}"
+
+
 def _fmt_value(p: Point, digits: int = 3) -> str:
     return f"{p.mean:.{digits}f}" if p.n == 1 else f"{p.mean:.{digits}f} ± {p.std:.{digits}f}"
 
 
 def table_rows(points: list[Point], metric: str, group: str = "strategy") -> tuple[list[str], list[list[str]]]:
-    header = [group, "pruning rate", "kept images", metric, "n"]
-    rows = [[p.strategy, _fmt_rate(p.rate), _fmt_kept(p), _fmt_value(p), str(p.n)] for p in points]
+    header = [group, "pruning rate", "kept images", "hours", metric, "n"]
+    rows = [[p.strategy, _fmt_rate(p.rate), _fmt_kept(p), _fmt_hours(p), _fmt_value(p), str(p.n)] for p in points]
     return header, rows
 
 
 def to_csv(points: list[Point], metric: str, group: str = "strategy") -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([group, "pruning_rate", "n", "kept_images", f"{metric}_mean", f"{metric}_std"])
+    w.writerow([group, "pruning_rate", "n", "kept_images", "hours", f"{metric}_mean", f"{metric}_std"])
     for p in points:
-        k = p.kept_mean
-        w.writerow([p.strategy, _fmt_rate(p.rate), p.n, "" if k is None else f"{k:.10g}", f"{p.mean:.10g}",
-                    f"{p.std:.10g}" if p.n > 1 else ""])
+        k, h = p.kept_mean, p.hours_mean
+        w.writerow([p.strategy, _fmt_rate(p.rate), p.n, "" if k is None else f"{k:.10g}",
+                    "" if h is None else f"{h:.10g}", f"{p.mean:.10g}", f"{p.std:.10g}" if p.n > 1 else ""])
     return buf.getvalue()
 
 
@@ -207,7 +225,8 @@ def to_markdown(points: list[Point], metric: str, notes: list[str], group: str =
     out += [line(r) for r in rows]
     out.append("")
     out.append(f"{metric}: mean ± std over the n runs (seeds) of each strategy and pruning rate; std is the "
-               "sample std (ddof=1). Kept images: mean. Pruning rate = 1 - kept images / pool images.")
+               "sample std (ddof=1). Kept images, hours (annotation hours of the kept subset): mean. "
+               "Pruning rate = 1 - kept images / pool images.")
     if notes:
         out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
@@ -219,30 +238,44 @@ def print_table(points: list[Point], metric: str, notes: list[str], group: str =
 
 
 def curve_figure(points: list[Point], metric: str):
-    """The metric against the pruning rate, one line per strategy (mean), a band of ± one std
-    (matplotlib Figure, open; laid out when drawn). Strategy names and the metric are shown literally."""
+    """The metric against the pruning rate (left) and against the kept subset's annotation hours
+    (right: pruning rules that keep instance-rich images cost more to annotate at the same rate),
+    one line per strategy (mean), a band of ± one std (matplotlib Figure, open; laid out when drawn).
+    Points without hours are left out of the right panel. Strategy names and the metric are shown
+    literally."""
     from alseg.plots import plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), layout="tight")
+    fig, (ax, ax_h) = plt.subplots(1, 2, figsize=(12, 4.5), layout="tight", sharey=True)
     by_strategy: dict[str, list[Point]] = {}
     for p in points:
         by_strategy.setdefault(p.strategy, []).append(p)
     for strategy, ps in by_strategy.items():
         ps = sorted(ps, key=lambda p: p.rate)
-        x = np.array([p.rate for p in ps])
-        y = np.array([p.mean for p in ps])
-        s = np.array([p.std for p in ps])
         ns = sorted({p.n for p in ps})
         n = f" (n={ns[0]})" if len(ns) == 1 else f" (n={ns[0]}-{ns[-1]})"
-        (line,) = ax.plot(x, y, marker="o", label=strategy + n)
-        if max(ns) > 1:
-            ax.fill_between(x, y - s, y + s, alpha=0.2, color=line.get_color())
+        color = None
+        for axis, xs in ((ax, [p.rate for p in ps]), (ax_h, [p.hours_mean for p in ps])):
+            keep = [i for i, x in enumerate(xs) if x is not None]
+            if not keep:
+                continue
+            x = np.array([xs[i] for i in keep])
+            y = np.array([ps[i].mean for i in keep])
+            s = np.array([ps[i].std for i in keep])
+            order = np.argsort(x, kind="stable")
+            x, y, s = x[order], y[order], s[order]
+            (line,) = axis.plot(x, y, marker="o", color=color, label=strategy + n if axis is ax else None)
+            color = line.get_color()
+            if max(ns) > 1:
+                axis.fill_between(x, y - s, y + s, alpha=0.2, color=color)
     ax.set_xlabel("pruning rate (1 - kept / pool images)")
+    ax_h.set_xlabel("annotation hours of the kept subset")
     ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
+    for axis in (ax, ax_h):
+        axis.grid(alpha=0.3)
     if by_strategy:
         ax.legend(fontsize=8)
     ax.set_title(f"{metric} against pruning rate (mean ± std over seeds)", fontsize=10)
+    ax_h.set_title(f"{metric} against annotation hours", fontsize=10)
     return fig
 
 
