@@ -341,8 +341,8 @@ def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[s
     for key in (k for k in keys if k in without):
         names = without[key]
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        notes.append(f"no '{key}' in config.yaml or results.jsonl of {len(names)} run(s) ({shown}); "
-                     f"left out of their labels")
+        how = "grouped under '?'" if len(keys) == 1 else "left out of their labels"
+        notes.append(f"no '{key}' in config.yaml or results.jsonl of {len(names)} run(s) ({shown}); {how}")
     missing = [k for k, ok in found_any.items() if not ok]
     if missing:
         raise CompareError(f"--group-by {missing[0]}: not found in any run's config.yaml or results.jsonl")
