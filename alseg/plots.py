@@ -1,4 +1,4 @@
-"""Plots of AP against annotation effort (labeled images and annotation hours).
+"""Plots of AP against annotation effort (labeled images, or points or steps, and annotation hours).
 
 Every figure of alseg is drawn with mathtext off (``text.parse_math``, set when this module is
 imported; every plotting module of alseg imports it): the texts come from user data (strategy and
@@ -76,11 +76,31 @@ def run_title(config: dict, run_dir: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
+# The count of labels on the first column of the AP-vs-cost figure, the first that grows over rounds.
+EFFORT_KEYS = ("labeled_images", "labeled_points")
+
+
+def effort_key(groups: dict[str, list[list[dict]]]) -> str:
+    """The x key of the figure's first column: the first of ``EFFORT_KEYS`` that every record has
+    (a number) and whose value changes between rounds in some run, else ``round``. Point-supervised runs (APIS) label points on images
+    that all count as unlabeled (``labeled_images`` 0 every step), where images would put every
+    round at one x."""
+    runs = [run for group in groups.values() for run in group]
+    for key in EFFORT_KEYS:
+        values = [[r.get(key) for r in run] for run in runs]
+        if all(isinstance(v, (int, float)) for vs in values for v in vs) and any(len(set(vs)) > 1 for vs in values):
+            return key
+    return "round"
+
+
 def axis_label(key: str) -> str:
-    """An axis label with its unit: ``labeled_images`` -> "labeled images", ``hours`` -> "annotation
-    hours", an AP key (``mask_AP``, ``box_AP50``, ``mask_AP/cat``) -> itself with "(0-1)"."""
-    if key == "labeled_images":
-        return "labeled images"
+    """An axis label with its unit: ``labeled_images`` -> "labeled images", ``labeled_points`` ->
+    "labeled points", ``round`` -> "round (step)", ``hours`` -> "annotation hours", an AP key
+    (``mask_AP``, ``box_AP50``, ``mask_AP/cat``) -> itself with "(0-1)"."""
+    if key in ("labeled_images", "labeled_points"):
+        return key.replace("_", " ")
+    if key == "round":
+        return "round (step)"
     if key == "hours":
         return "annotation hours"
     return f"{key} (0-1)" if "AP" in key else key
@@ -90,8 +110,8 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
                       count_seeds: bool = True):
     """The figure of ``plot_ap_vs_cost`` (matplotlib Figure, open; the caller saves or closes it).
 
-    One row per metric; columns: against labeled images, against annotation hours (both means over
-    the group's runs). Each group is a list of runs (seeds), each run a list of result records; the
+    One row per metric; columns: against labeled images (``effort_key``: labeled points, or the
+    round, where images stay constant), against annotation hours (both means over the group's runs). Each group is a list of runs (seeds), each run a list of result records; the
     line is the mean, the band one sample std (ddof=1, ``seed_std``), drawn where a group has more than one
     run. Legend entries are the group labels, with "(n seeds)" when ``count_seeds``: in every panel
     for up to ``PANEL_LEGEND_MAX`` groups, else once, right of the panels (a 9-strategy legend would
@@ -101,8 +121,9 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
     fig = plt.figure(figsize=(10 + (2.6 if outside else 0), 3.6 * len(metrics) + (0.4 if title else 0)),
                      layout="constrained")
     axes = fig.subplots(len(metrics), 2, squeeze=False)
+    xkeys = (effort_key(groups), "hours")
     for row, metric in enumerate(metrics):
-        for col, xkey in enumerate(("labeled_images", "hours")):
+        for col, xkey in enumerate(xkeys):
             ax = axes[row, col]
             for label, runs in groups.items():
                 rounds, y, ys = mean_std_by_round(runs, metric)

@@ -138,3 +138,27 @@ def test_every_alseg_figure_draws_dollar_texts_as_written():
         assert ax.get_title() == "$x^$ class a_$b$"
     finally:
         plt.close(fig)
+
+
+def _point_rec(k, ap, points=True):
+    """An APIS step's record: points on images that stay unlabeled (labeled_images 0 every step)."""
+    r = {"round": k, "labeled_images": 0, "hours": 1.96 + 0.22 * k, "mask_AP": ap, "mask_AP50": ap + 0.3}
+    if points:
+        r["labeled_points"] = 894 * (k + 1)
+    return r
+
+
+@pytest.mark.parametrize("runs, key, x", [
+    ([[_rec(0, 0.1), _rec(1, 0.3)]], "labeled images", [10, 20]),
+    ([[_point_rec(0, 0.2), _point_rec(1, 0.3), _point_rec(2, 0.4)]], "labeled points", [894, 1788, 2682]),
+    ([[_point_rec(0, 0.2, False), _point_rec(1, 0.3, False)]], "round (step)", [0, 1]),  # no points key
+])
+def test_first_column_is_the_effort_that_grows(runs, key, x):
+    fig = ap_vs_cost_figure({"apis (entropy, anchors)": runs})
+    try:
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == key
+        assert ax.get_lines()[0].get_xdata().tolist() == x
+        assert fig.axes[1].get_xlabel() == "annotation hours"
+    finally:
+        plt.close(fig)
