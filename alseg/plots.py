@@ -82,9 +82,9 @@ EFFORT_KEYS = ("labeled_images", "labeled_points")
 
 def effort_key(groups: dict[str, list[list[dict]]]) -> str:
     """The x key of the figure's first column: the first of ``EFFORT_KEYS`` that every record has
-    (a number) and whose value changes between rounds in some run, else ``round``. Point-supervised runs (APIS) label points on images
-    that all count as unlabeled (``labeled_images`` 0 every step), where images would put every
-    round at one x."""
+    (a number) and whose value changes between rounds in some run, else ``round``. Point-supervised
+    runs (APIS) label points on images that all count as unlabeled (``labeled_images`` 0 every
+    step), where images would put every round at one x."""
     runs = [run for group in groups.values() for run in group]
     for key in EFFORT_KEYS:
         values = [[r.get(key) for r in run] for run in runs]
@@ -111,9 +111,10 @@ def ap_vs_cost_figure(groups: dict[str, list[list[dict]]], metrics=("mask_AP", "
     """The figure of ``plot_ap_vs_cost`` (matplotlib Figure, open; the caller saves or closes it).
 
     One row per metric; columns: against labeled images (``effort_key``: labeled points, or the
-    round, where images stay constant), against annotation hours (both means over the group's runs). Each group is a list of runs (seeds), each run a list of result records; the
-    line is the mean, the band one sample std (ddof=1, ``seed_std``), drawn where a group has more than one
-    run. Legend entries are the group labels, with "(n seeds)" when ``count_seeds``: in every panel
+    round, where images stay constant), against annotation hours (both means over the group's
+    runs). Each group is a list of runs (seeds), each run a list of result records; the line is the
+    mean, the band one sample std (ddof=1, ``seed_std``), drawn where a group has more than one run.
+    Legend entries are the group labels, with "(n seeds)" when ``count_seeds``: in every panel
     for up to ``PANEL_LEGEND_MAX`` groups, else once, right of the panels (a 9-strategy legend would
     hide the curves). ``title`` is the figure's suptitle (constrained layout keeps it clear of the
     panels)."""

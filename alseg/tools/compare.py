@@ -10,9 +10,9 @@ of its label, with a note). Per group and round the
 table gives the mean labeled images and annotation hours and ``mean ± std`` of each metric over the
 group's runs (seeds); std is the sample std (ddof=1, ``alseg.spread.seed_std``). A round is
 aggregated only where every run of its group has it; incomplete runs are listed under the table.
-Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images, or points or steps, and hours: the
-mean over seeds, a band of ± 1 std, the number of seeds per group in the legend, the experiment
-folder and the metrics in the title) to ``--out``.
+Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images, or points or
+steps, and hours: the mean over seeds, a band of ± 1 std, the number of seeds per group in the
+legend, the experiment folder and the metrics in the title) to ``--out``.
 
 Input is checked before anything is written; a fault is one line naming the file, the line and the
 key, and exit status 2. The labeled images, hours and compared metrics of a record must be numbers;
