@@ -521,3 +521,36 @@ def test_compare_any_seed_and_label_value(tmp_path, capsys):
     assert set(read_csv(out / "compare.csv")) == {("bad\\ud800", 0), ("two\\nlines", 0), ("x", 0)}
     md = (out / "compare.md").read_text()
     assert "| two\\nlines | 0 |" in md and "seed(s) [1] appear in more than one run" in md
+
+
+def _apis_run(root: Path, name: str, seed: int, metric: str, model: str, aps: list[float]) -> None:
+    config = (f"seed: {seed}\nstrategy:\n  name: apis\n  metric: {metric}\n  scales: null\n"
+              f"model:\n  _target_: {model}\n  min_size: 128\nal:\n  rounds: {len(aps) - 1}\n")
+    _one_run(root, name, [_rec(k, ap, "apis", seed=seed) for k, ap in enumerate(aps)], config)
+
+
+def test_compare_notes_groups_that_mix_strategy_or_model_settings(tmp_path):
+    # APIS entropy and variance runs are all named 'apis': grouped by name they would be averaged
+    # together; so would a Mask R-CNN and a CondInst run of one rule
+    root = tmp_path / "runs"
+    _apis_run(root, "e0", 0, "entropy", "build_maskrcnn", [0.1, 0.2])
+    _apis_run(root, "v0", 0, "variance", "build_maskrcnn", [0.1, 0.4])
+    _apis_run(root, "c0", 0, "variance", "build_condinst", [0.0, 0.1])
+    notes: list[str] = []
+    groups = compare.group_runs(compare.read_finished_runs([root], notes), ["strategy"], notes)
+    assert list(groups) == ["apis"]
+    compare.aggregate("apis", groups["apis"], ["mask_AP"], ["strategy"], notes)
+    assert notes == ["group apis: seed(s) 0 appear in more than one run",
+                     "group apis mixes runs whose model._target_, strategy.metric differ "
+                     "(add --group-by strategy,model._target_ to separate them)"]
+
+    notes = []
+    runs = compare.read_finished_runs([root], notes)
+    groups = compare.group_runs(runs, ["strategy.metric", "model._target_"], notes)
+    assert set(groups) == {"entropy / build_maskrcnn", "variance / build_maskrcnn", "variance / build_condinst"}
+    for label, rs in groups.items():
+        compare.aggregate(label, rs, ["mask_AP"], ["strategy.metric", "model._target_"], notes)
+    assert notes == []
+    # the same settings in every run: nothing to say
+    assert compare.differing_settings([{"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}, None], "model") == []
+    assert compare.differing_settings([{"a": 1}, {"a": 1, "b": None}], "model") == ["model.b"]

@@ -9,7 +9,9 @@ strategy (``strategy`` of the result records, else ``strategy.name`` of ``config
 of its label, with a note). Per group and round the
 table gives the mean labeled images and annotation hours and ``mean ± std`` of each metric over the
 group's runs (seeds); std is the sample std (ddof=1, ``alseg.spread.seed_std``). A round is
-aggregated only where every run of its group has it; incomplete runs are listed under the table.
+aggregated only where every run of its group has it; incomplete runs are listed under the table,
+and so is a group whose runs differ in a ``model`` or ``strategy`` setting that no ``--group-by``
+key separates (APIS's entropy and variance runs are both ``apis``; a Mask R-CNN and a CondInst run).
 Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images, or points or
 steps, and hours: the mean over seeds, a band of ± 1 std, the number of seeds per group in the
 legend, the experiment folder and the metrics in the title) to ``--out``.
@@ -46,6 +48,9 @@ PROG = "alseg-compare"
 DEFAULT_METRICS = ("mask_AP", "mask_AP50", "box_AP")
 X_KEYS = ("labeled_images", "hours")
 MISSING = "?"
+# config sections whose settings must agree within a group: runs of different models or strategy
+# parameters (APIS entropy and variance both named ``apis``) averaged together get a note
+SETTING_SECTIONS = ("model", "strategy")
 MAX_ABS = 1e12  # largest magnitude of a compared value (see the module docstring)
 
 
@@ -311,6 +316,26 @@ def check_values(runs: list[Run], keys: Sequence[str], error: type[AlsegError] |
                 number(rec, key, f"{run.results}, line {run.lines[rec['round']]}", error)
 
 
+def _flatten(node: Any, prefix: str, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten(v, f"{prefix}.{k}", out)
+    else:
+        out[prefix] = json.dumps(node, sort_keys=True, default=str)
+    return out
+
+
+def differing_settings(configs: Sequence[Any], section: str) -> list[str]:
+    """The dotted keys (``model.point_supervision``) whose values differ between the ``section``
+    dicts of several runs' config.yaml (a key one run lacks differs); runs without the section
+    (None) are left out. Sorted; empty when the runs agree."""
+    flat = [_flatten(c, section, {}) for c in configs if isinstance(c, dict)]
+    if len(flat) < 2:
+        return []
+    keys = set().union(*flat)
+    return sorted(k for k in keys if len({f.get(k, "<absent>") for f in flat}) > 1)
+
+
 def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[str, list[Run]]:
     """Runs grouped by the values of ``keys`` (config or record keys), labelled ``"v1 / v2"``. A key a
     run does not have is left out of its label (a random baseline has no TFDP variant: ``random``,
@@ -378,6 +403,14 @@ def aggregate(label: str, runs: list[Run], metrics: Sequence[str], keys: Sequenc
         if len(vals) > 1:
             notes.append(f"group {label} mixes {key} values {', '.join(vals)} "
                          f"(add --group-by {','.join([*keys, key])} to separate them)")
+    grouped = ["strategy.name" if g == "strategy" else g for g in keys]
+    differing = [k for section in SETTING_SECTIONS
+                 for k in differing_settings([r.config_value(section) for r in runs], section)
+                 if not any(k == g or k.startswith(g + ".") or g.startswith(k + ".") for g in grouped)]
+    if differing:
+        shown = ", ".join(differing[:3]) + (f" and {len(differing) - 3} more" if len(differing) > 3 else "")
+        notes.append(f"group {label} mixes runs whose {shown} differ "
+                     f"(add --group-by {','.join([*keys, differing[0]])} to separate them)")
     for k in common:
         row = Row(label, k, len(runs), _mean_std(runs, k, "labeled_images"), _mean_std(runs, k, "hours"),
                   {m: _mean_std(runs, k, m) for m in metrics})
