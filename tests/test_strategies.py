@@ -194,3 +194,26 @@ def test_apis_reads_masks_through_a_models_prediction_sets(data):
     assert (q.kind, q.image_id, q.ann_id) == ("point", 1, 1)
     assert 21 <= q.x < 22 and 15 <= q.y < 16
     assert q.score == pytest.approx(math.log(2))
+
+
+def test_afis_random_orders_unmasked_boxed_instances_by_the_seed_alone(data):
+    from alseg.annotation.queries import Query, instance_query
+    from alseg.strategies.afis import AfisMasks
+
+    ctx = _ctx(data)  # no model: random needs none
+    boxes = [Query("box", im, a) for im, a in ((1, 1), (2, 2), (3, 3), (3, 4))]
+    ctx.ledger.add([lab for q in boxes for lab in ctx.oracle.answer(q)], 0)
+    ctx.ledger.add(ctx.oracle.answer(instance_query(1, 1)), 0)  # instance 1 has its mask already
+
+    def order(level, seed):
+        return [(q.image_id, q.ann_id) for q in AfisMasks(level=level, metric="random").rank(
+            ctx, Budget(1000.0), np.random.default_rng(seed))]
+
+    inst = {seed: order("instance", seed) for seed in range(6)}
+    assert all(sorted(o) == [(2, 2), (3, 3), (3, 4)] for o in inst.values())  # boxed, without a mask
+    assert inst[0] == order("instance", 0) and len(set(map(tuple, inst.values()))) > 1
+    for seed in range(6):  # image level: image 3's two instances come together
+        o = order("image", seed)
+        assert sorted(o) == [(2, 2), (3, 3), (3, 4)] and abs(o.index((3, 3)) - o.index((3, 4))) == 1
+    with pytest.raises(Exception, match="previous round's model"):
+        AfisMasks(metric="detection_loss").rank(ctx, Budget(1.0), np.random.default_rng(0))

@@ -97,7 +97,7 @@ BAD = [
     ("apis_random", "metric", None, "must be one of entropy, variance, lowest_entropy, random, max_error, "
                                     "least_error, got None"),
     ("afis", "level", "pixel", "must be one of image, instance, got 'pixel' (str)"),
-    ("afis", "metric", "loss", "must be one of mean_entropy, detection_loss, got 'loss' (str)"),
+    ("afis", "metric", "loss", "must be one of mean_entropy, detection_loss, random, got 'loss' (str)"),
     ("afis", "max_cells", 6.5, "must be an integer >= 1, got 6.5"),
     ("taudis", "alpha", -1, "must be a number > 0, got -1"),
     ("taudis", "beta", 200, "must be a number in (0, 150], got 200"),  # beta <= alpha (150)

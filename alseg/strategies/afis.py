@@ -6,7 +6,9 @@ single instances, chosen by
   (over its anchor prediction set); an image's, the mean over its instances; highest first;
 - detection quality: the GIoU loss between the ground-truth box and its best prediction (the
   detection of its class with the highest IoU); lowest first (well-detected instances make the
-  most of a mask label).
+  most of a mask label);
+- random: images or instances in a random order fixed by the seed (Fig. 6's random sampling; no
+  model needed).
 
 With ``al.budget_unit=seconds_per_instance`` an AFIS step costs the seconds of an APIS step (0.9 s
 per instance of the pool), so the two settings compare on one axis of annotation hours (Fig. 7).
@@ -51,10 +53,12 @@ class AfisMasks(Strategy):
                  max_cells: int = 32):
         super().__init__(name)
         self.level = check.choice("level", level, ("image", "instance"))
-        self.metric = check.choice("metric", metric, ("mean_entropy", "detection_loss"))
+        self.metric = check.choice("metric", metric, ("mean_entropy", "detection_loss", "random"))
         self.max_cells = check.integer("max_cells", max_cells, 1)
         if self.metric == "mean_entropy":
             self.needs = self.needs | {PREDICTION_SETS}
+        elif self.metric == "random":
+            self.needs = self.needs - {MODEL}
 
     def _instance_scores(self, model, device, rec, insts) -> list[float]:
         boxes = torch.tensor([(x, y, x + w, y + h) for x, y, w, h in (i.bbox for i in insts)], dtype=torch.float32)
@@ -84,7 +88,7 @@ class AfisMasks(Strategy):
         return out
 
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
-        if ctx.model is None:
+        if ctx.model is None and self.metric != "random":
             raise ConfigError(f"strategy {self.name!r} needs the previous round's model; use afis_initial first")
         highest_first = self.metric == "mean_entropy"
         groups: list[tuple[float, list[Query]]] = []
@@ -93,7 +97,10 @@ class AfisMasks(Strategy):
             insts = [i for i in rec.instances if i.ann_id in view.box_ann_ids and i.ann_id not in view.mask_ann_ids]
             if not insts:
                 continue
-            scores = self._instance_scores(ctx.model, ctx.device, rec, insts)
+            if self.metric == "random":  # the order comes from the tie-break draw below alone
+                scores = [0.0] * len(insts)
+            else:
+                scores = self._instance_scores(ctx.model, ctx.device, rec, insts)
             if self.level == "image":
                 mean = float(np.mean(scores))
                 groups.append((mean, [instance_query(image_id, i.ann_id, mean) for i in insts]))
