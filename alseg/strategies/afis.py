@@ -88,7 +88,7 @@ class AfisMasks(Strategy):
         return out
 
     def rank(self, ctx: SelectionContext, budget: Budget, rng: np.random.Generator) -> list[Query]:
-        if ctx.model is None and self.metric != "random":
+        if ctx.model is None and MODEL in self.needs:  # random needs none (__init__)
             raise ConfigError(f"strategy {self.name!r} needs the previous round's model; use afis_initial first")
         highest_first = self.metric == "mean_entropy"
         groups: list[tuple[float, list[Query]]] = []
