@@ -130,6 +130,9 @@ class _StubRun:
     def value(self, key):
         return self.values.get(key)
 
+    def has_key(self, key):
+        return key in self.values
+
 
 def test_group_labels_leave_out_missing_keys():
     runs = [_StubRun("r0", name="random"), _StubRun("r1", name="random"),
@@ -147,6 +150,25 @@ def test_group_labels_leave_out_missing_keys():
     assert {k: [r.name for r in v] for k, v in groups.items()} == {"x / ?": ["a"], "? / x": ["b"], "y": ["c"]}
     with pytest.raises(compare.CompareError, match="--group-by nope: not found"):
         compare.group_runs(runs, ["name", "nope"], [])
+    # a key every run sets to null (no S set in this sweep) is no typo: left out, with a note
+    notes = []
+    groups = compare.group_runs([_StubRun("a", name="x", scales=None), _StubRun("b", name="y", scales=None)],
+                                ["name", "scales"], notes)
+    assert {k: [r.name for r in v] for k, v in groups.items()} == {"x": ["a"], "y": ["b"]}
+    assert notes == ["'scales' is unset (null) in every run; left out of the labels"]
+
+
+def test_compare_group_by_a_key_null_in_every_config(tmp_path):
+    root = tmp_path / "runs"
+    for strategy, seed in (("random", 0), ("entropy", 0)):
+        run = write_run(root, strategy, seed, [0.2, 0.3])
+        cfg = run / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("strategy:\n", "strategy:\n  scales: null\n"))
+    out = tmp_path / "out"
+    assert compare.main([str(root), "--out", str(out), "--group-by", "strategy.name,strategy.scales"]) == 0
+    assert set(read_csv(out / "compare.csv")) == {(s, k) for s in ("random", "entropy") for k in (0, 1)}
+    with pytest.raises(SystemExit):
+        compare.main([str(root), "--out", str(out), "--group-by", "strategy.name,strategy.scale"])
 
 
 def _error(capsys, argv) -> str:

@@ -173,6 +173,17 @@ class Run:
             node = node[part]
         return node
 
+    def has_key(self, key: str) -> bool:
+        """Whether config.yaml holds ``key`` (even set to null) or a record has it."""
+        node: Any = self.config()
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return True
+        return any(key in r for r in self.records)
+
     def record_value(self, key: str) -> Any:
         values = [r[key] for r in self.records if key in r]
         return values[0] if values else None
@@ -341,7 +352,9 @@ def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[s
     run does not have is left out of its label (a random baseline has no TFDP variant: ``random``,
     not ``random / ?``), with a note; a run with none of the keys is labelled ``?``.
 
-    Raises CompareError when a key is found in no run at all (a typo)."""
+    A key every run has but leaves unset (null, e.g. ``strategy.scales`` in a sweep without the
+    S set) is left out of the labels, with a note. Raises CompareError when a key is found in no run
+    at all (a typo)."""
     full: dict[int, str] = {}  # id(run) -> label with MISSING in place of each missing value
     short: dict[int, str] = {}  # id(run) -> label without the missing values
     found_any = {k: False for k in keys}
@@ -363,14 +376,17 @@ def group_runs(runs: list[Run], keys: Sequence[str], notes: list[str]) -> dict[s
         owners.setdefault(label, set()).add(full[i])
     # where leaving values out would merge different groups, those runs keep the '?' form
     labels = {i: label if len(owners[label]) == 1 else full[i] for i, label in short.items()}
-    for key in (k for k in keys if k in without):
+    missing = [k for k, ok in found_any.items() if not ok]
+    unknown = [k for k in missing if not any(run.has_key(k) for run in runs)]
+    if unknown:
+        raise CompareError(f"--group-by {unknown[0]}: not found in any run's config.yaml or results.jsonl")
+    for key in missing:
+        notes.append(f"'{key}' is unset (null) in every run; left out of the labels")
+    for key in (k for k in keys if k in without and k not in missing):
         names = without[key]
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         how = "grouped under '?'" if len(keys) == 1 else "left out of their labels"
         notes.append(f"no '{key}' in config.yaml or results.jsonl of {len(names)} run(s) ({shown}); {how}")
-    missing = [k for k, ok in found_any.items() if not ok]
-    if missing:
-        raise CompareError(f"--group-by {missing[0]}: not found in any run's config.yaml or results.jsonl")
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(labels[id(run)], []).append(run)
