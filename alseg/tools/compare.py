@@ -165,24 +165,21 @@ class Run:
                 self._config = cfg if isinstance(cfg, dict) else None
         return self._config
 
-    def config_value(self, key: str) -> Any:
+    def _config_lookup(self, key: str) -> tuple[bool, Any]:
+        """(whether config.yaml holds the dotted ``key``, its value or None)."""
         node: Any = self.config()
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                return None
+                return False, None
             node = node[part]
-        return node
+        return True, node
+
+    def config_value(self, key: str) -> Any:
+        return self._config_lookup(key)[1]
 
     def has_key(self, key: str) -> bool:
         """Whether config.yaml holds ``key`` (even set to null) or a record has it."""
-        node: Any = self.config()
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                break
-            node = node[part]
-        else:
-            return True
-        return any(key in r for r in self.records)
+        return self._config_lookup(key)[0] or any(key in r for r in self.records)
 
     def record_value(self, key: str) -> Any:
         values = [r[key] for r in self.records if key in r]
