@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alseg.tools import compare, eda
+from alseg.tools import compare, eda, paired
 from alseg.tools.visualize import draw_instances
 
 # mask_AP per (strategy, seed) and round. Per round, over the two seeds:
@@ -576,3 +576,78 @@ def test_compare_notes_groups_that_mix_strategy_or_model_settings(tmp_path):
     # the same settings in every run: nothing to say
     assert compare.differing_settings([{"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}, None], "model") == []
     assert compare.differing_settings([{"a": 1}, {"a": 1, "b": None}], "model") == ["model.b"]
+
+
+# --------------------------------------------------------------------------- alseg-compare --baseline
+def test_compare_paired_differences_hand_computed(runs, tmp_path, capsys):
+    # entropy minus random per seed (MASK_AP above):
+    #   round 0: -0.1, +0.1 -> mean 0.0, std 0.1 sqrt 2, t = 0 -> p = 1
+    #   round 1: +0.3, +0.1 -> mean 0.2, std 0.1 sqrt 2, t = 0.2 / (0.1 sqrt 2 / sqrt 2) = 2 on 1 degree
+    #            of freedom (Cauchy): two-sided p = 1 - (2 / pi) atan(2) = 0.2952
+    #   round 2: seed 0 only, +0.3: one pair, no std, no p
+    out = tmp_path / "out"
+    assert compare.main([str(runs), "--metric", "mask_AP", "--baseline", "random", "--out", str(out)]) == 0
+    rows = read_csv(out / "paired.csv")
+    assert set(rows) == {("entropy", 0), ("entropy", 1), ("entropy", 2)}
+    r0, r1, r2 = rows[("entropy", 0)], rows[("entropy", 1)], rows[("entropy", 2)]
+    assert r0["baseline"] == "random" and r0["mask_AP_n_pairs"] == "2"
+    assert float(r0["mask_AP_diff_mean"]) == pytest.approx(0.0, abs=1e-12)
+    assert float(r0["mask_AP_diff_std"]) == pytest.approx(0.1 * 2 ** 0.5)
+    assert float(r0["mask_AP_p"]) == pytest.approx(1.0)
+    assert float(r1["mask_AP_diff_mean"]) == pytest.approx(0.2)
+    assert float(r1["mask_AP_p"]) == pytest.approx(1 - 2 / np.pi * np.arctan(2.0), abs=1e-6)
+    assert r2["mask_AP_n_pairs"] == "1" and float(r2["mask_AP_diff_mean"]) == pytest.approx(0.3)
+    assert r2["mask_AP_diff_std"] == "" and r2["mask_AP_p"] == ""
+    md = (out / "compare.md").read_text()
+    assert "Paired differences to random" in md
+    assert "| entropy | 1 | 2 | +0.200 ± 0.141 (p 0.30) |" in md and "| entropy | 2 | 1 | +0.300 |" in md
+    assert "+0.200 ± 0.141 (p 0.30)" in capsys.readouterr().out
+
+
+def test_paired_difference_equals_scipy_ttest_rel():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.3, 0.02, 3), rng.normal(0.28, 0.02, 3)
+    d = paired.difference(a - b)
+    ref = stats.ttest_rel(a, b)
+    assert d.n == 3 and d.mean == pytest.approx((a - b).mean()) and d.std == pytest.approx((a - b).std(ddof=1))
+    assert d.p == pytest.approx(ref.pvalue)
+    # every pair the same (round 0 from a shared initial run): no p, not a division warning
+    assert paired.difference([0.0, 0.0, 0.0]).p is None
+    assert paired.fmt_difference(paired.difference([0.02, 0.021, 0.019]), 3) == "+0.020 ± 0.001 (p <0.01)"
+    # two pairs: t = 0.025 / (0.005 sqrt 2 / sqrt 2) = 5 on 1 degree of freedom, p = 1 - (2 / pi) atan(5) = 0.126
+    assert paired.fmt_difference(paired.difference([0.02, 0.03]), 3) == "+0.025 ± 0.007 (p 0.13) (n=2)"
+
+
+def test_compare_paired_unpaired_seed_and_missing_values(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "random", 0, [0.2, 0.3])
+    write_run(root, "random", 1, [0.4, 0.5])
+    write_run(root, "entropy", 0, [0.2, 0.5])
+    write_run(root, "entropy", 1, [0.4, 0.6])
+    write_run(root, "entropy", 7, [0.1, 0.9])  # no random run of seed 7
+    res = root / "exp" / "strategy=entropy,seed=1" / "results.jsonl"  # seed 1's round-1 AP is null
+    lines = [json.loads(x) for x in res.read_text().splitlines()]
+    lines[1]["mask_AP"] = None
+    res.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "out"
+    assert compare.main([str(root), "--metric", "mask_AP", "--baseline", "random", "--out", str(out)]) == 0
+    rows = read_csv(out / "paired.csv")
+    assert rows[("entropy", 1)]["mask_AP_n_pairs"] == "1"
+    assert float(rows[("entropy", 1)]["mask_AP_diff_mean"]) == pytest.approx(0.2)  # seed 0 only
+    assert "seed 7 without a random run" in (out / "compare.md").read_text()
+
+
+def test_compare_paired_errors_are_one_line_and_write_nothing(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    err = _error(capsys, [str(runs), "--baseline", "randm", "--out", str(out)])
+    assert "--baseline 'randm'" in err and "'entropy', 'random'" in err
+    assert not out.exists()
+    # two runs of one group with the same seed: which to pair is not guessed
+    write_run(tmp_path / "more", "random", 0, [0.2, 0.3, 0.4])
+    err = _error(capsys, [str(runs), str(tmp_path / "more"), "--baseline", "random", "--out", str(out)])
+    assert "group random" in err and "seed=0" in err and "one run per seed" in err
+    err = _error(capsys, [str(runs), "--baseline", "random", "--pair-by", "dataset.nme", "--out", str(out)])
+    assert "no 'dataset.nme'" in err and "strategy=" in err
+    assert not out.exists()

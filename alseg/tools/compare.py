@@ -2,6 +2,7 @@
 
     alseg-compare runs/my_experiment [more run folders or parents ...]
                   [--metric mask_AP --metric box_AP50] [--group-by strategy,dataset.name] [--out DIR]
+                  [--baseline random [--pair-by seed]]
 
 Every folder holding a ``results.jsonl`` under the given paths is a run. Runs are grouped by
 strategy (``strategy`` of the result records, else ``strategy.name`` of ``config.yaml``) or by the
@@ -14,7 +15,10 @@ and so is a group whose runs differ in a ``model`` or ``strategy`` setting that 
 key separates (APIS's entropy and variance runs are both ``apis``; a Mask R-CNN and a CondInst run).
 Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images, or points or
 steps, and hours: the mean over seeds, a band of ± 1 std, the number of seeds per group in the
-legend, the experiment folder and the metrics in the title) to ``--out``.
+legend, the experiment folder and the metrics in the title) to ``--out``. With ``--baseline LABEL``,
+every other group is also differenced against that group run by run (runs paired on ``--pair-by``,
+default ``seed``: the same round 0 per seed), per round: mean ± std of the differences and the paired
+t-test p (``alseg.tools.paired``), in ``paired.csv``, a second table of ``compare.md`` and the terminal.
 
 Input is checked before anything is written; a fault is one line naming the file, the line and the
 key, and exit status 2. The labeled images, hours and compared metrics of a record must be numbers;
@@ -43,6 +47,7 @@ import numpy as np
 from alseg.errors import AlsegError, json_value_problem
 from alseg.files import StagedFiles, printable
 from alseg.spread import seed_std
+from alseg.tools import paired
 
 PROG = "alseg-compare"
 DEFAULT_METRICS = ("mask_AP", "mask_AP50", "box_AP")
@@ -505,6 +510,21 @@ def to_markdown(groups: list[Group], metrics: Sequence[str], group_header: str, 
     return "\n".join(out) + "\n"
 
 
+def paired_markdown(pairs: list[paired.PairedRow], metrics: Sequence[str], group_header: str,
+                    baseline: str, pair_by: str) -> str:
+    """compare.md's second table: the paired differences to the baseline group."""
+    header = [group_header, "round", "pairs", *(f"Δ {m}" for m in metrics)]
+
+    def line(cells):
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = ["", f"Paired differences to {printable(baseline)}: per {pair_by}, the group's run minus the baseline's "
+           "run; mean ± std (sample, ddof=1) over the pairs, two-sided paired t-test p.", "",
+           line(header), "|" + "|".join("---" if i == 0 else "--:" for i in range(len(header))) + "|"]
+    out += [line(r) for r in paired.table_rows(pairs, metrics)]
+    return "\n".join(out) + "\n"
+
+
 def print_grouped_table(title: str, columns: Sequence[str], rows: list[list[str]], notes: list[str],
                         no_wrap: Sequence[str] = ()) -> None:
     """A rich table whose first column names a group, shown once per group with a rule between groups."""
@@ -585,12 +605,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "comma-separate (default: strategy)")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="folder for compare.csv/.md/.png (default: .)")
+    p.add_argument("--baseline", metavar="LABEL",
+                   help="a group label (as the table shows it, e.g. random): difference every other group "
+                        "against it run by run per round, mean ± std and paired t-test p; writes paired.csv")
+    p.add_argument("--pair-by", default="seed", metavar="KEY",
+                   help="key that pairs a run with the baseline's run (default: seed)")
     return p
 
 
 def compare(paths: Sequence[str | os.PathLike], metrics: Sequence[str] = DEFAULT_METRICS,
-            group_by: Sequence[str] = ("strategy",), out: str | os.PathLike = ".", show: bool = True) -> list[Group]:
-    """Read, group, aggregate; write compare.csv, compare.md, compare.png to ``out``."""
+            group_by: Sequence[str] = ("strategy",), out: str | os.PathLike = ".", show: bool = True,
+            baseline: str | None = None, pair_by: str = "seed") -> list[Group]:
+    """Read, group, aggregate; write compare.csv, compare.md, compare.png to ``out``, and with a
+    ``baseline`` group label paired.csv (``alseg.tools.paired``). Raises CompareError (one line)
+    on a bad input, before anything is written."""
     out = Path(out)
     notes: list[str] = []
     runs = read_finished_runs(paths, notes)
@@ -602,6 +630,9 @@ def compare(paths: Sequence[str | os.PathLike], metrics: Sequence[str] = DEFAULT
     group_header = " / ".join(group_by)
     grouped = group_runs(runs, group_by, notes)
     groups = [aggregate(label, rs, metrics, group_by, notes) for label, rs in grouped.items()]
+    pairs = None
+    if baseline is not None:
+        pairs = paired.paired_differences(grouped, baseline, metrics, pair_by, notes, CompareError)
 
     import alseg.plots as plots
 
@@ -614,15 +645,22 @@ def compare(paths: Sequence[str | os.PathLike], metrics: Sequence[str] = DEFAULT
     # previous outputs as they were.
     fig = plots.ap_vs_cost_figure(plot_groups, tuple(metrics), plot_title(groups, metrics, group_header), True)
     png = plots.figure_png(fig, out / "compare.png")
-    write_outputs(out, {"compare.csv": to_csv(groups, metrics, group_header),
-                        "compare.md": to_markdown(groups, metrics, group_header, notes),
-                        "compare.png": png})
+    files: dict[str, str | bytes] = {"compare.csv": to_csv(groups, metrics, group_header),
+                                     "compare.md": to_markdown(groups, metrics, group_header, notes),
+                                     "compare.png": png}
+    if pairs is not None:
+        files["compare.md"] += paired_markdown(pairs, metrics, group_header, baseline, pair_by)
+        files["paired.csv"] = paired.to_csv(pairs, metrics, group_header, baseline)
+    write_outputs(out, files)
 
     if show:
         print_table(groups, metrics, group_header, notes)
+        if pairs is not None:
+            print_grouped_table(f"paired differences to {printable(baseline)} (per {pair_by}: mean ± std, "
+                                "paired t-test p)", [group_header, "round", "pairs", *metrics],
+                                paired.table_rows(pairs, metrics), [], metrics)
         n_runs = sum(len(g.runs) for g in groups)
-        print(f"{n_runs} run(s) in {len(groups)} group(s); wrote {out / 'compare.csv'}, {out / 'compare.md'}, "
-              f"{out / 'compare.png'}")
+        print(f"{n_runs} run(s) in {len(groups)} group(s); wrote " + ", ".join(str(out / f) for f in files))
     return groups
 
 
@@ -632,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = _split(args.metric, DEFAULT_METRICS)
     group_by = _split(args.group_by, ("strategy",))
     try:
-        compare(args.paths, metrics, group_by, args.out)
+        compare(args.paths, metrics, group_by, args.out, baseline=args.baseline, pair_by=args.pair_by)
     except AlsegError as e:
         msg = " ".join(str(e).split())  # one line, always
         parser.exit(2, f"{PROG}: error: {msg}\n")

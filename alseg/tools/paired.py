@@ -1,0 +1,169 @@
+"""Paired differences between groups of runs and a baseline group (``alseg-compare --baseline``).
+
+Every strategy of a comparison over seeds starts from the same round 0 per seed (``al.initial_run``),
+so a strategy's run and the baseline's run of one seed share their round 0 and differ only by what
+the strategy chose. Differencing them per seed removes the spread that round 0 and the seed put into
+both, which the mean ± std of each group keeps. Per group, round and metric: the number of pairs n,
+the mean and sample std (ddof=1) of the differences (group minus baseline) and the two-sided paired
+t-test p (Student's t on n - 1 degrees of freedom, ``scipy.stats.ttest_rel``). With 3 seeds p < 0.05
+needs |mean| > 2.48 std.
+
+Pairs are matched on a key of config.yaml or the records (``--pair-by``, default ``seed``). A run
+without it, or two runs of one group with the same value, is an error (one line): a pairing must not
+be guessed. A round or metric that only some pairs have is differenced over those pairs (n says how
+many); values missing on either side (null, NaN) leave that pair out.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from alseg.errors import AlsegError
+from alseg.files import printable
+from alseg.spread import seed_std
+
+if TYPE_CHECKING:  # the Run class of alseg.tools.compare, which imports this module
+    from alseg.tools.compare import Run
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Paired difference of one metric at one round: ``n`` pairs, mean and sample std of
+    (group - baseline) in the metric's units (AP: 0-1), two-sided paired t-test ``p``. ``std`` is
+    None for one pair; ``p`` is None for one pair or when every difference is the same (std 0,
+    e.g. round 0 from a shared initial run)."""
+
+    n: int
+    mean: float
+    std: float | None
+    p: float | None
+
+
+@dataclass
+class PairedRow:
+    group: str
+    round: int
+    differences: dict[str, Difference | None]  # metric -> None where no pair has it
+
+
+def _number(v) -> float | None:
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return None if np.isnan(v) else float(v)
+
+
+def difference(values: Sequence[float]) -> Difference:
+    """``values``: the per-pair differences (group - baseline), at least one."""
+    d = np.asarray(values, dtype=float)
+    n = len(d)
+    std = float(seed_std(d)) if n > 1 else None
+    p = None
+    if n > 1 and std and std > 0:
+        from scipy import stats
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_1samp(d, 0.0).pvalue)  # = ttest_rel(group, baseline)
+    return Difference(n, float(d.mean()), std, p)
+
+
+def by_pair_key(runs: list[Run], group: str, key: str, error: type[AlsegError]) -> dict[str, Run]:
+    """The runs of one group keyed by their ``key`` value (shown as text: a seed may be any value).
+    Raises ``error`` when a run lacks the key or two runs share a value."""
+    keyed: dict[str, Run] = {}
+    for run in runs:
+        v = run.value(key)
+        if v is None:
+            raise error(f"{run.name}: no '{key}' in config.yaml or results.jsonl; --pair-by {key} "
+                        "needs it in every run of the paired groups")
+        k = printable(v)
+        if k in keyed:
+            raise error(f"group {group}: runs {keyed[k].name} and {run.name} both have {key}={k}; "
+                        f"pairing needs one run per {key} in a group")
+        keyed[k] = run
+    return keyed
+
+
+def paired_differences(groups: dict[str, list[Run]], baseline: str, metrics: Sequence[str], key: str,
+                       notes: list[str], error: type[AlsegError]) -> list[PairedRow]:
+    """Every group but ``baseline`` differenced against it, run by run on ``key``, per round that
+    both runs of a pair have. Raises ``error`` when ``baseline`` is no group's label, or (see
+    ``by_pair_key``) when a pairing is missing or ambiguous. Unpaired runs become notes."""
+    if baseline not in groups:
+        raise error(f"--baseline {baseline!r}: no group has this label; the groups are "
+                    + ", ".join(repr(g) for g in groups))
+    base = by_pair_key(groups[baseline], baseline, key, error)
+    rows: list[PairedRow] = []
+    for label, runs in groups.items():
+        if label == baseline:
+            continue
+        keyed = by_pair_key(runs, label, key, error)
+        common = [k for k in keyed if k in base]
+        alone = [k for k in keyed if k not in base]
+        if alone:
+            notes.append(f"group {label}: {key} {', '.join(alone)} without a {baseline} run; "
+                         "left out of the paired differences")
+        if not common:
+            continue
+        rounds = sorted({r for k in common for r in set(keyed[k].rounds) & set(base[k].rounds)})
+        for r in rounds:
+            diffs: dict[str, Difference | None] = {}
+            for m in metrics:
+                values = []
+                for k in common:
+                    if r not in keyed[k].rounds or r not in base[k].rounds:
+                        continue
+                    a, b = _number(keyed[k].record(r).get(m)), _number(base[k].record(r).get(m))
+                    if a is not None and b is not None:
+                        values.append(a - b)
+                diffs[m] = difference(values) if values else None
+            rows.append(PairedRow(label, r, diffs))
+    return rows
+
+
+def fmt_difference(d: Difference | None, n_expected: int | None = None, digits: int = 3) -> str:
+    """``+0.020 ± 0.008 (p 0.05)``; ``(n=2)`` added when fewer pairs than ``n_expected``."""
+    if d is None:
+        return "-"
+    s = f"{d.mean:+.{digits}f}"
+    if d.std is not None:
+        s += f" ± {d.std:.{digits}f}"
+    if d.p is not None:
+        s += " (p <0.01)" if d.p < 0.01 else f" (p {d.p:.2f})"
+    if n_expected is not None and d.n < n_expected:
+        s += f" (n={d.n})"
+    return s
+
+
+def table_rows(rows: list[PairedRow], metrics: Sequence[str]) -> list[list[str]]:
+    """One row per group and round: group, round, pairs, then one cell per metric."""
+    out = []
+    for row in rows:
+        n = max((d.n for d in row.differences.values() if d is not None), default=0)
+        out.append([row.group, str(row.round), str(n),
+                    *(fmt_difference(row.differences[m], n) for m in metrics)])
+    return out
+
+
+def to_csv(rows: list[PairedRow], metrics: Sequence[str], group_header: str, baseline: str) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([group_header, "baseline", "round",
+                *(c for m in metrics for c in (f"{m}_n_pairs", f"{m}_diff_mean", f"{m}_diff_std", f"{m}_p"))])
+    for row in rows:
+        cells = []
+        for m in metrics:
+            d = row.differences[m]
+            if d is None:
+                cells += ["0", "", "", ""]
+            else:
+                cells += [str(d.n), f"{d.mean:.10g}", "" if d.std is None else f"{d.std:.10g}",
+                          "" if d.p is None else f"{d.p:.6g}"]
+        w.writerow([row.group, baseline, row.round, *cells])
+    return buf.getvalue()
