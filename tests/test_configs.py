@@ -92,3 +92,37 @@ def test_taudis_alpha_beta_follow_the_dataset():
     assert (syn.strategy.alpha, syn.strategy.beta) == (8, 4)
     assert (coco.strategy.alpha, coco.strategy.beta) == (150, 40)
     assert mine.strategy.alpha == 3
+
+
+def _report_commands(tool: str) -> list[str]:
+    """Every ``alseg-compare ...`` (or pruning_curve) command line written in experiments/README.md."""
+    import re
+
+    text = (Path(CONFIG_DIR).parent / "experiments" / "README.md").read_text()
+    return sorted(set(re.findall(rf"^{re.escape(tool)} (.*)$", text, flags=re.M)))
+
+
+@pytest.mark.parametrize("args", _report_commands("alseg-compare"))
+def test_readme_compare_commands_parse(args):
+    """The comparison commands beside the tables take only options alseg-compare has (--baseline ...)."""
+    import shlex
+
+    from alseg.tools import compare
+
+    ns = compare.build_parser().parse_args(shlex.split(args))
+    assert ns.paths and str(ns.out).startswith("experiments/")
+
+
+def test_readme_compare_commands_found():
+    cmds = _report_commands("alseg-compare")
+    assert len(cmds) >= 6 and any("--baseline" in c for c in cmds)
+
+
+@pytest.mark.parametrize("args", _report_commands("python tools/pruning_curve.py"))
+def test_readme_pruning_curve_commands_parse(args):
+    import shlex
+
+    from alseg.tools import pruning_curve
+
+    ns = pruning_curve.build_parser().parse_args(shlex.split(args))
+    assert ns.paths and ns.baseline == "random"

@@ -437,3 +437,43 @@ def test_pruning_curve_any_seed_and_strategy_value(tmp_path, capsys):
     capsys.readouterr().out.encode("utf-8")
     md = (tmp_path / "o" / "pruning.md").read_text()
     assert "| bad\\ud800 | 0.500 |" in md and "| two\\nlines | 0.500 |" in md and "{'a': 1}" in md
+
+
+def test_pruning_curve_paired_to_random(tmp_path, capsys):
+    # tfdp minus random per seed (VALUES): at 0.5: +0.10, +0.04 -> mean 0.07, std 0.06 / sqrt 2,
+    # t = 0.07 / 0.03 = 7/3 on 1 degree of freedom: p = 1 - (2 / pi) atan(7/3); at 0.75: +0.15, +0.13
+    # -> mean 0.14, std 0.02 / sqrt 2, t = 14: p = 1 - (2 / pi) atan(14)
+    exp = make_runs(tmp_path)
+    out = tmp_path / "report"
+    assert curve_main([str(exp), "--baseline", "random", "--out", str(out)]) == 0
+    with open(out / "pruning.csv", newline="") as f:
+        got = {(r["strategy"], r["pruning_rate"]): r for r in csv.DictReader(f)}
+    for rate, mean, std, t in (("0.500", 0.07, 0.06 / R2, 7 / 3), ("0.750", 0.14, 0.02 / R2, 14.0)):
+        r = got[("tfdp", rate)]
+        assert r["n_pairs"] == "2"
+        assert float(r["mask_AP_diff_mean"]) == pytest.approx(mean)
+        assert float(r["mask_AP_diff_std"]) == pytest.approx(std)
+        assert float(r["mask_AP_p"]) == pytest.approx(1 - 2 / np.pi * np.arctan(t), abs=1e-5)
+        assert got[("random", rate)]["mask_AP_diff_mean"] == ""
+    md = (out / "pruning.md").read_text()
+    assert "| tfdp | 0.500 | 100 | 8.05 | 0.320 ± 0.028 | 2 | +0.070 ± 0.042 (p 0.26) |" in md
+    assert "| random | 0.500 | 100 | 5.05 | 0.250 ± 0.071 | 2 | - |" in md
+    assert "+0.070 ± 0.042 (p 0.26)" in capsys.readouterr().out
+
+
+def test_pruning_curve_paired_errors(tmp_path, capsys):
+    exp = make_runs(tmp_path)
+    out = tmp_path / "report"
+    err = _error([str(exp), "--baseline", "rnd", "--out", str(out)], capsys)
+    assert "--baseline 'rnd'" in err and "'random'" in err and "'tfdp'" in err
+    err = _error([str(exp), "--baseline", "random", "--pair-by", "sed", "--out", str(out)], capsys)
+    assert "no 'sed'" in err
+    assert not out.exists()
+    # a rate without a baseline run: noted, no difference
+    run = exp / "tfdp_0.9_s0"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\nal:\n  rounds: 0\n  initial_strategy:\n    name: tfdp\n")
+    (run / "results.jsonl").write_text(json.dumps({"round": 0, "labeled_images": 20, "pool_images": 200,
+                                                   "mask_AP": 0.2, "initial_strategy": "tfdp"}) + "\n")
+    assert curve_main([str(exp), "--baseline", "random", "--out", str(out)]) == 0
+    assert "tfdp at pruning rate 0.9: no random run at this rate" in (out / "pruning.md").read_text()

@@ -95,36 +95,45 @@ def paired_differences(groups: dict[str, list[Run]], baseline: str, metrics: Seq
     """Every group but ``baseline`` differenced against it, run by run on ``key``, per round that
     both runs of a pair have. Raises ``error`` when ``baseline`` is no group's label, or (see
     ``by_pair_key``) when a pairing is missing or ambiguous. Unpaired runs become notes."""
-    if baseline not in groups:
-        raise error(f"--baseline {baseline!r}: no group has this label; the groups are "
-                    + ", ".join(repr(g) for g in groups))
-    base = by_pair_key(groups[baseline], baseline, key, error)
+    check_baseline(baseline, list(groups), error)
     rows: list[PairedRow] = []
     for label, runs in groups.items():
         if label == baseline:
             continue
-        keyed = by_pair_key(runs, label, key, error)
-        common = [k for k in keyed if k in base]
-        alone = [k for k in keyed if k not in base]
-        if alone:
-            notes.append(f"group {label}: {key} {', '.join(alone)} without a {baseline} run; "
-                         "left out of the paired differences")
-        if not common:
-            continue
-        rounds = sorted({r for k in common for r in set(keyed[k].rounds) & set(base[k].rounds)})
+        pairs = pair_runs(runs, groups[baseline], label, baseline, key, notes, error)
+        rounds = sorted({r for a, b in pairs for r in set(a.rounds) & set(b.rounds)})
         for r in rounds:
             diffs: dict[str, Difference | None] = {}
             for m in metrics:
                 values = []
-                for k in common:
-                    if r not in keyed[k].rounds or r not in base[k].rounds:
-                        continue
-                    a, b = _number(keyed[k].record(r).get(m)), _number(base[k].record(r).get(m))
-                    if a is not None and b is not None:
-                        values.append(a - b)
+                for a, b in pairs:
+                    if r in a.rounds and r in b.rounds:
+                        va, vb = _number(a.record(r).get(m)), _number(b.record(r).get(m))
+                        if va is not None and vb is not None:
+                            values.append(va - vb)
                 diffs[m] = difference(values) if values else None
             rows.append(PairedRow(label, r, diffs))
     return rows
+
+
+def check_baseline(baseline: str, labels: Sequence[str], error: type[AlsegError]) -> None:
+    """Raises ``error`` (one line listing the labels) when ``baseline`` is not among ``labels``."""
+    if baseline not in labels:
+        raise error(f"--baseline {baseline!r}: no group has this label; the groups are "
+                    + ", ".join(repr(g) for g in dict.fromkeys(labels)))
+
+
+def pair_runs(runs: list[Run], base_runs: list[Run], label: str, baseline: str, key: str, notes: list[str],
+              error: type[AlsegError]) -> list[tuple[Run, Run]]:
+    """(run, baseline run) with the same ``key`` value; a run without a baseline partner becomes a
+    note. Raises ``error`` as ``by_pair_key``."""
+    keyed = by_pair_key(runs, label, key, error)
+    base = by_pair_key(base_runs, baseline, key, error)
+    alone = [k for k in keyed if k not in base]
+    if alone:
+        notes.append(f"group {label}: {key} {', '.join(alone)} without a {baseline} run; "
+                     "left out of the paired differences")
+    return [(keyed[k], base[k]) for k in keyed if k in base]
 
 
 def fmt_difference(d: Difference | None, n_expected: int | None = None, digits: int = 3) -> str:

@@ -15,7 +15,10 @@ images, mean annotation hours of the kept subsets (``hours`` of the record; rule
 instance-rich images cost more at the same rate), and mean ± std of the metric (std: sample std,
 ddof=1, as alseg-compare). Writes ``pruning.csv``, ``pruning.md`` and ``pruning.png`` (the metric
 against the pruning rate and against the hours, one line per strategy, a band of ± one std) to
-``--out``.
+``--out``. With ``--baseline STRATEGY`` (a curve's label, e.g. ``random``) every other point is
+also differenced against the baseline's point at the same rate, run by run on ``--pair-by`` (default
+``seed``): mean ± std of the differences and the two-sided paired t-test p (``alseg.tools.paired``),
+a column of the tables and three of pruning.csv.
 
 Input is checked before anything is written, as by alseg-compare (``alseg.tools.compare.number``):
 the metric, ``pruning_rate``, ``labeled_images``, ``pool_images`` and ``hours`` must be finite numbers of
@@ -42,6 +45,7 @@ import numpy as np
 from alseg.errors import AlsegError
 from alseg.spread import seed_std
 from alseg.files import printable
+from alseg.tools import paired
 from alseg.tools.compare import (MISSING, Run, _is_number, group_runs, number, print_grouped_table,
                                  read_finished_runs, repeated, write_outputs)
 
@@ -198,25 +202,67 @@ def _fmt_value(p: Point, digits: int = 3) -> str:
     return f"{p.mean:.{digits}f}" if p.n == 1 else f"{p.mean:.{digits}f} ± {p.std:.{digits}f}"
 
 
-def table_rows(points: list[Point], metric: str, group: str = "strategy") -> tuple[list[str], list[list[str]]]:
+Diffs = dict[tuple[str, float], paired.Difference | None]  # (strategy, rate) -> vs the baseline
+
+
+def paired_points(points: list[Point], baseline: str, key: str, notes: list[str]) -> Diffs:
+    """Each non-baseline point's paired difference to the baseline's point at the same rate (runs
+    matched on ``key``); None where the baseline has no run at that rate or no run pairs. Raises
+    PruningCurveError when ``baseline`` is no curve's label or a pairing is missing or ambiguous."""
+    paired.check_baseline(baseline, [p.strategy for p in points], PruningCurveError)
+    base = {p.rate: p for p in points if p.strategy == baseline}
+    diffs: Diffs = {}
+    for p in points:
+        if p.strategy == baseline:
+            continue
+        b = base.get(p.rate)
+        if b is None:
+            notes.append(f"{p.strategy} at pruning rate {p.rate:g}: no {baseline} run at this rate; no paired difference")
+            diffs[(p.strategy, p.rate)] = None
+            continue
+        value = {id(r): v for pt in (p, b) for r, v in zip(pt.runs, pt.values)}
+        pairs = paired.pair_runs(p.runs, b.runs, f"{p.strategy} at pruning rate {p.rate:g}", baseline, key,
+                                 notes, PruningCurveError)
+        d = [value[id(r)] - value[id(s)] for r, s in pairs]
+        diffs[(p.strategy, p.rate)] = paired.difference(d) if d else None
+    return diffs
+
+
+def table_rows(points: list[Point], metric: str, group: str = "strategy",
+               diffs: Diffs | None = None, baseline: str = "") -> tuple[list[str], list[list[str]]]:
     header = [group, "pruning rate", "kept images", "hours", metric, "n"]
-    rows = [[p.strategy, _fmt_rate(p.rate), _fmt_kept(p), _fmt_hours(p), _fmt_value(p), str(p.n)] for p in points]
+    if diffs is not None:
+        header.append(f"Δ vs {printable(baseline)}")
+    rows = []
+    for p in points:
+        row = [p.strategy, _fmt_rate(p.rate), _fmt_kept(p), _fmt_hours(p), _fmt_value(p), str(p.n)]
+        if diffs is not None:
+            row.append(paired.fmt_difference(diffs.get((p.strategy, p.rate)), p.n) if p.strategy != baseline else "-")
+        rows.append(row)
     return header, rows
 
 
-def to_csv(points: list[Point], metric: str, group: str = "strategy") -> str:
+def to_csv(points: list[Point], metric: str, group: str = "strategy", diffs: Diffs | None = None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([group, "pruning_rate", "n", "kept_images", "hours", f"{metric}_mean", f"{metric}_std"])
+    extra = [f"{metric}_diff_mean", f"{metric}_diff_std", f"{metric}_p", "n_pairs"] if diffs is not None else []
+    w.writerow([group, "pruning_rate", "n", "kept_images", "hours", f"{metric}_mean", f"{metric}_std", *extra])
     for p in points:
         k, h = p.kept_mean, p.hours_mean
-        w.writerow([p.strategy, _fmt_rate(p.rate), p.n, "" if k is None else f"{k:.10g}",
-                    "" if h is None else f"{h:.10g}", f"{p.mean:.10g}", f"{p.std:.10g}" if p.n > 1 else ""])
+        row = [p.strategy, _fmt_rate(p.rate), p.n, "" if k is None else f"{k:.10g}",
+               "" if h is None else f"{h:.10g}", f"{p.mean:.10g}", f"{p.std:.10g}" if p.n > 1 else ""]
+        if diffs is not None:
+            d = diffs.get((p.strategy, p.rate))
+            row += (["", "", "", "0"] if d is None else
+                    [f"{d.mean:.10g}", "" if d.std is None else f"{d.std:.10g}", "" if d.p is None else f"{d.p:.6g}",
+                     str(d.n)])
+        w.writerow(row)
     return buf.getvalue()
 
 
-def to_markdown(points: list[Point], metric: str, notes: list[str], group: str = "strategy") -> str:
-    header, rows = table_rows(points, metric, group)
+def to_markdown(points: list[Point], metric: str, notes: list[str], group: str = "strategy",
+                diffs: Diffs | None = None, baseline: str = "") -> str:
+    header, rows = table_rows(points, metric, group, diffs, baseline)
 
     def line(cells):
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -227,13 +273,17 @@ def to_markdown(points: list[Point], metric: str, notes: list[str], group: str =
     out.append(f"{metric}: mean ± std over the n runs (seeds) of each strategy and pruning rate; std is the "
                "sample std (ddof=1). Kept images, hours (annotation hours of the kept subset): mean. "
                "Pruning rate = 1 - kept images / pool images.")
+    if diffs is not None:
+        out.append(f"Δ vs {printable(baseline)}: per seed, the run minus the baseline's run at the same rate; "
+                   "mean ± std over the pairs, two-sided paired t-test p.")
     if notes:
         out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
 
 
-def print_table(points: list[Point], metric: str, notes: list[str], group: str = "strategy") -> None:
-    header, rows = table_rows(points, metric, group)
+def print_table(points: list[Point], metric: str, notes: list[str], group: str = "strategy",
+                diffs: Diffs | None = None, baseline: str = "") -> None:
+    header, rows = table_rows(points, metric, group, diffs, baseline)
     print_grouped_table(f"{PROG}: {metric} (mean ± std over seeds)", header, rows, notes, [metric])
 
 
@@ -287,23 +337,26 @@ def plot_curve(points: list[Point], metric: str, path: str | Path) -> Path:
 
 
 def pruning_curve(paths: Sequence[str | os.PathLike], metric: str = DEFAULT_METRIC,
-                  out: str | os.PathLike = ".", show: bool = True, group_by: Sequence[str] | None = None) -> list[Point]:
+                  out: str | os.PathLike = ".", show: bool = True, group_by: Sequence[str] | None = None,
+                  baseline: str | None = None, pair_by: str = "seed") -> list[Point]:
     """Read and group the runs (by strategy, or by the ``group_by`` keys); write pruning.csv,
-    pruning.md and pruning.png to ``out``."""
+    pruning.md and pruning.png to ``out``, with the paired differences to ``baseline`` where given.
+    Raises PruningCurveError (one line) before anything is written."""
     out = Path(out)
     notes: list[str] = []
     points = collect(paths, metric, notes, group_by)
     group = " / ".join(group_by) if group_by else "strategy"
+    diffs = paired_points(points, baseline, pair_by, notes) if baseline is not None else None
     from alseg.plots import figure_png
 
     # Everything is made before anything is written (the PNG in memory): a fault leaves the
     # previous outputs as they were.
     png = figure_png(curve_figure(points, metric), out / "pruning.png")
-    write_outputs(out, {"pruning.csv": to_csv(points, metric, group),
-                        "pruning.md": to_markdown(points, metric, notes, group),
+    write_outputs(out, {"pruning.csv": to_csv(points, metric, group, diffs),
+                        "pruning.md": to_markdown(points, metric, notes, group, diffs, baseline or ""),
                         "pruning.png": png}, PruningCurveError)
     if show:
-        print_table(points, metric, notes, group)
+        print_table(points, metric, notes, group, diffs, baseline or "")
         n_runs = sum(p.n for p in points)
         n_strat = len({p.strategy for p in points})
         print(f"{n_runs} run(s), {n_strat} group(s), {len(points)} point(s); wrote "
@@ -324,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. al.initial_strategy.name,al.initial_strategy.variant")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="folder for pruning.csv/.md/.png (default: .)")
+    p.add_argument("--baseline", metavar="LABEL",
+                   help="a curve's label (e.g. random): difference every other point against its point at "
+                        "the same rate, run by run (mean ± std, paired t-test p)")
+    p.add_argument("--pair-by", default="seed", metavar="KEY",
+                   help="key that pairs a run with the baseline's run (default: seed)")
     return p
 
 
@@ -334,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by is not None else None
         if group_by is not None and not group_by:
             raise PruningCurveError("--group-by: give one or more keys separated by commas")
-        pruning_curve(args.paths, args.metric.strip(), args.out, group_by=group_by)
+        pruning_curve(args.paths, args.metric.strip(), args.out, group_by=group_by, baseline=args.baseline,
+                      pair_by=args.pair_by)
     except AlsegError as e:
         msg = " ".join(str(e).split())  # one line, always
         parser.exit(2, f"{PROG}: error: {msg}\n")
