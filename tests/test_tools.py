@@ -651,3 +651,15 @@ def test_compare_paired_errors_are_one_line_and_write_nothing(runs, tmp_path, ca
     err = _error(capsys, [str(runs), "--baseline", "random", "--pair-by", "dataset.nme", "--out", str(out)])
     assert "no 'dataset.nme'" in err and "strategy=" in err
     assert not out.exists()
+
+
+def test_compare_runs_csv_holds_every_run_value(runs, tmp_path):
+    out = tmp_path / "out"
+    assert compare.main([str(runs), "--metric", "mask_AP", "--out", str(out)]) == 0
+    with open(out / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["strategy", "run", "seed", "round", "labeled_images", "hours", "mask_AP"]
+    got = {(r["strategy"], int(r["seed"]), int(r["round"])): float(r["mask_AP"]) for r in rows}
+    # every record of every run, the incomplete one's too (entropy seed 1: two rounds)
+    assert got == {(s, seed, k): v for (s, seed), vals in MASK_AP.items() for k, v in enumerate(vals)}
+    assert all(r["run"].endswith(f"seed={r['seed']}") for r in rows)

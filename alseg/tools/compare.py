@@ -13,7 +13,8 @@ group's runs (seeds); std is the sample std (ddof=1, ``alseg.spread.seed_std``).
 aggregated only where every run of its group has it; incomplete runs are listed under the table,
 and so is a group whose runs differ in a ``model`` or ``strategy`` setting that no ``--group-by``
 key separates (APIS's entropy and variance runs are both ``apis``; a Mask R-CNN and a CondInst run).
-Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (AP against labeled images, or points or
+Writes ``compare.csv``, ``runs.csv`` (every run's values per round, with its seed), ``compare.md``
+and ``compare.png`` (AP against labeled images, or points or
 steps, and hours: the mean over seeds, a band of ± 1 std, the number of seeds per group in the
 legend, the experiment folder and the metrics in the title) to ``--out``. With ``--baseline LABEL``,
 every other group is also differenced against that group run by run (runs paired on ``--pair-by``,
@@ -490,6 +491,25 @@ def to_csv(groups: list[Group], metrics: Sequence[str], group_header: str) -> st
     return buf.getvalue()
 
 
+def runs_csv(groups: list[Group], metrics: Sequence[str], group_header: str) -> str:
+    """One row per run and round: the values the means were taken over (and the paired differences
+    can be taken from), so that a comparison can be audited or re-paired without the run folders."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([group_header, "run", "seed", "round", *X_KEYS, *metrics])
+
+    def cell(v):
+        return f"{v:.10g}" if _is_number(v) and not _missing(v) else ""
+
+    for g in groups:
+        for run in g.runs:
+            seed = run.value("seed")
+            for rec in run.records:
+                w.writerow([g.label, run.name, "" if seed is None else printable(seed), rec["round"],
+                            *(cell(rec.get(k)) for k in (*X_KEYS, *metrics))])
+    return buf.getvalue()
+
+
 def to_markdown(groups: list[Group], metrics: Sequence[str], group_header: str, notes: list[str]) -> str:
     header, rows = table_rows(groups, metrics)
     header = [group_header, *header]
@@ -604,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group runs by these keys (config.yaml dotted keys, e.g. dataset.name); repeat or "
                         "comma-separate (default: strategy)")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
-                   help="folder for compare.csv/.md/.png (default: .)")
+                   help="folder for compare.csv/.md/.png and runs.csv (default: .)")
     p.add_argument("--baseline", metavar="LABEL",
                    help="a group label (as the table shows it, e.g. random): difference every other group "
                         "against it run by run per round, mean ± std and paired t-test p; writes paired.csv")
@@ -646,6 +666,7 @@ def compare(paths: Sequence[str | os.PathLike], metrics: Sequence[str] = DEFAULT
     fig = plots.ap_vs_cost_figure(plot_groups, tuple(metrics), plot_title(groups, metrics, group_header), True)
     png = plots.figure_png(fig, out / "compare.png")
     files: dict[str, str | bytes] = {"compare.csv": to_csv(groups, metrics, group_header),
+                                     "runs.csv": runs_csv(groups, metrics, group_header),
                                      "compare.md": to_markdown(groups, metrics, group_header, notes),
                                      "compare.png": png}
     if pairs is not None:
