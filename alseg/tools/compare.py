@@ -625,11 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "comma-separate (default: strategy)")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="folder for compare.csv/.md/.png and runs.csv (default: .)")
-    p.add_argument("--baseline", metavar="LABEL",
-                   help="a group label (as the table shows it, e.g. random): difference every other group "
-                        "against it run by run per round, mean ± std and paired t-test p; writes paired.csv")
-    p.add_argument("--pair-by", default="seed", metavar="KEY",
-                   help="key that pairs a run with the baseline's run (default: seed)")
+    paired.add_arguments(p, "a group label (as the table shows it, e.g. random): difference every other group "
+                            "against it run by run per round, mean ± std and paired t-test p; writes paired.csv")
     return p
 
 

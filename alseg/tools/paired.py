@@ -16,6 +16,7 @@ many); values missing on either side (null, NaN) leave that pair out.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import warnings
@@ -50,6 +51,14 @@ class PairedRow:
     group: str
     round: int
     differences: dict[str, Difference | None]  # metric -> None where no pair has it
+
+
+def add_arguments(parser: argparse.ArgumentParser, baseline_help: str) -> None:
+    """``--baseline LABEL`` and ``--pair-by KEY`` (default ``seed``), as alseg-compare and
+    pruning_curve take them."""
+    parser.add_argument("--baseline", metavar="LABEL", help=baseline_help)
+    parser.add_argument("--pair-by", default="seed", metavar="KEY",
+                        help="key that pairs a run with the baseline's run (default: seed)")
 
 
 def _number(v) -> float | None:

@@ -377,11 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. al.initial_strategy.name,al.initial_strategy.variant")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="folder for pruning.csv/.md/.png (default: .)")
-    p.add_argument("--baseline", metavar="LABEL",
-                   help="a curve's label (e.g. random): difference every other point against its point at "
-                        "the same rate, run by run (mean ± std, paired t-test p)")
-    p.add_argument("--pair-by", default="seed", metavar="KEY",
-                   help="key that pairs a run with the baseline's run (default: seed)")
+    paired.add_arguments(p, "a curve's label (e.g. random): difference every other point against its point at "
+                            "the same rate, run by run (mean ± std, paired t-test p)")
     return p
 
 
