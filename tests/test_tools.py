@@ -615,6 +615,7 @@ def test_paired_difference_equals_scipy_ttest_rel():
     assert d.p == pytest.approx(ref.pvalue)
     # every pair the same (round 0 from a shared initial run): no p, not a division warning
     assert paired.difference([0.0, 0.0, 0.0]).p is None
+    assert paired.difference([0.3 - 0.2, 0.2 - 0.1, 0.1]).p is None  # equal but for float rounding
     assert paired.fmt_difference(paired.difference([0.02, 0.021, 0.019]), 3) == "+0.020 ± 0.001 (p <0.01)"
     # two pairs: t = 0.025 / (0.005 sqrt 2 / sqrt 2) = 5 on 1 degree of freedom, p = 1 - (2 / pi) atan(5) = 0.126
     assert paired.fmt_difference(paired.difference([0.02, 0.03]), 3) == "+0.025 ± 0.007 (p 0.13) (n=2)"
