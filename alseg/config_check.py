@@ -37,11 +37,13 @@ def _got(value: Any) -> str:
     return f"got {value!r} ({type(value).__name__})" if isinstance(value, str) else f"got {value!r}"
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A real number (Python or NumPy int / float, NaN included), not a bool."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
@@ -73,7 +75,7 @@ def number(param: str, value: Any, low: float | None = None, high: float | None 
     words = "a number" + _range_words(low, high, low_open, high_open) + (" or null" if none else "")
     if value is None and none:
         return None
-    if not _is_number(value) or not math.isfinite(value) or not _in_range(value, low, high, low_open, high_open):
+    if not is_number(value) or not math.isfinite(value) or not _in_range(value, low, high, low_open, high_open):
         raise ParamError(param, f"must be {words}, {_got(value)}")
     return float(value)
 
@@ -84,7 +86,7 @@ def integer(param: str, value: Any, low: int | None = None, high: int | None = N
     words = "an integer" + _range_words(low, high, False, False) + (" or null" if none else "")
     if value is None and none:
         return None
-    if not _is_int(value) or not _in_range(value, low, high, False, False):
+    if not is_int(value) or not _in_range(value, low, high, False, False):
         raise ParamError(param, f"must be {words}, {_got(value)}")
     return int(value)
 
@@ -119,7 +121,7 @@ def integer_list(param: str, value: Any, low: int | None = None, *, none: bool =
     if value is None and none:
         return None
     if (not isinstance(value, (list, tuple)) or not value
-            or not all(_is_int(v) and _in_range(v, low, None, False, False) for v in value)):
+            or not all(is_int(v) and _in_range(v, low, None, False, False) for v in value)):
         raise ParamError(param, f"must be {words}, {_got(value)}")
     return [int(v) for v in value]
 

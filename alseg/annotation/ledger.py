@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import asdict
 
 from alseg.annotation.oracle import Label
+from alseg.config_check import is_int, is_number
 from alseg.data.torch_dataset import ImageView
 from alseg.files import atomic_write_text, read_jsonl
 
@@ -21,14 +22,6 @@ KINDS = ("image", "mask", "box", "point")
 
 
 _NUMBER = (int, float)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def label_problem(e: dict) -> str | None:
@@ -40,13 +33,13 @@ def label_problem(e: dict) -> str | None:
         return None  # the common case at scale (APIS: one point per instance per step), checked at once
     if kind not in KINDS:
         return f"'kind' must be one of {KINDS}, got {kind!r}"
-    if not _is_int(e.get("image_id")):
+    if not is_int(e.get("image_id")):
         return "'image_id' must be an integer"
-    if kind != "image" and not _is_int(e.get("ann_id")):
+    if kind != "image" and not is_int(e.get("ann_id")):
         return f"a {kind} label needs an integer 'ann_id'"
-    if kind == "point" and not (_is_number(e.get("x")) and _is_number(e.get("y")) and e.get("value") in (0, 1)):
+    if kind == "point" and not (is_number(e.get("x")) and is_number(e.get("y")) and e.get("value") in (0, 1)):
         return "a point label needs numbers 'x', 'y' and a 'value' of 0 or 1"
-    if not _is_number(seconds):
+    if not is_number(seconds):
         return "'seconds' must be a number"
     return None
 

@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from alseg.config_check import is_int, is_number
 from alseg.files import (DamagedFileError, atomic_torch_save, atomic_write_json,  # noqa: F401  (re-exported)
                          atomic_write_text, read_json)
 
@@ -41,14 +42,6 @@ def differing_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _rounds_text(rounds: list[int]) -> str:
     """'none', '0', '0-2' or the list written out (at most 6 shown)."""
     if not rounds:
@@ -64,16 +57,16 @@ def state_problem(state) -> str | None:
     if not isinstance(state, dict):
         return "not a run state (expected a JSON object)"
     version = state.get("version")
-    if not _is_int(version):
+    if not is_int(version):
         return "not a run state (no version)"
     if not 1 <= version <= STATE_VERSION:
         return f"state version {version} is not supported (this alseg reads versions 1 to {STATE_VERSION})"
     checks = [
-        (_is_int(state.get("round")) and state["round"] >= 0, "'round' must be an integer >= 0"),
+        (is_int(state.get("round")) and state["round"] >= 0, "'round' must be an integer >= 0"),
         (state.get("phase") in PHASES, f"'phase' must be one of {PHASES}"),
         (isinstance(state.get("config"), dict), "'config' must be an object"),
         (isinstance(state.get("records"), list)
-         and all(isinstance(r, dict) and _is_int(r.get("round")) for r in state["records"]),
+         and all(isinstance(r, dict) and is_int(r.get("round")) for r in state["records"]),
          "'records' must be a list of round records"),
         (version != 1 or isinstance(state.get("ledger", []), list), "'ledger' must be a list"),
         ("fingerprint" not in state or isinstance(state["fingerprint"], dict), "'fingerprint' must be an object"),
@@ -91,8 +84,8 @@ def state_problem(state) -> str | None:
         # A null train result: unknown (the round was trained by a version-2 run).
         if phase == "trained" and not ("train" in results and isinstance(results["train"], (dict, type(None)))):
             return "damaged run state (phase 'trained' without the train result)"
-        fields = {"select": {"queries": _is_int, "seconds": _is_number, "analysis": lambda v: isinstance(v, dict)},
-                  "train": {"iters": _is_int, "base_lr": _is_number, "losses": lambda v: isinstance(v, dict)}}
+        fields = {"select": {"queries": is_int, "seconds": is_number, "analysis": lambda v: isinstance(v, dict)},
+                  "train": {"iters": is_int, "base_lr": is_number, "losses": lambda v: isinstance(v, dict)}}
         for name, kinds in fields.items():
             result = results.get(name)
             if isinstance(result, dict) and (set(result) != set(kinds) or not all(ok(result[k]) for k, ok in kinds.items())):

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from alseg import distributed
+from alseg.config_check import is_int, is_number
 from alseg.data.torch_dataset import TrainingSet, collate
 from alseg.errors import ConfigError, TrainingError
 from alseg.models.base import MASK_IOU_HEAD, POINT_SUPERVISION
@@ -86,20 +87,12 @@ class TrainerConfig:
         return f
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-_INT, _NUMBER = (_is_int, "an integer"), (_is_number, "a number")
+_INT, _NUMBER = (is_int, "an integer"), (is_number, "a number")
 _FIELD_TYPES = {
     "iters": _INT, "batch_size": _INT, "warmup_iters": _INT, "num_workers": _INT,
     "lr": _NUMBER, "momentum": _NUMBER, "weight_decay": _NUMBER, "warmup_factor": _NUMBER, "gamma": _NUMBER,
-    "grad_clip": (lambda v: v is None or _is_number(v), "a number or null"),
-    "steps": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_number, v)), "a list of numbers"),
+    "grad_clip": (lambda v: v is None or is_number(v), "a number or null"),
+    "steps": (lambda v: isinstance(v, (list, tuple)) and all(map(is_number, v)), "a list of numbers"),
     "amp": (lambda v: isinstance(v, bool), "true or false"),
     "sync_bn": (lambda v: isinstance(v, bool), "true or false"),
 }

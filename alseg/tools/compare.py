@@ -45,6 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from alseg.config_check import is_number
 from alseg.errors import AlsegError, json_value_problem
 from alseg.files import StagedFiles, printable
 from alseg.spread import seed_std
@@ -62,10 +63,6 @@ MAX_ABS = 1e12  # largest magnitude of a compared value (see the module docstrin
 
 class CompareError(AlsegError):
     """Bad input to alseg-compare."""
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _show(path: Path) -> str:
@@ -126,7 +123,7 @@ def number(rec: dict, key: str, where: str, error: type[AlsegError] | None = Non
     v = rec.get(key)
     if _missing(v):
         return None
-    if not _is_number(v):
+    if not is_number(v):
         raise error(f"{where}: '{key}' must be a number, got {v!r}")
     if not abs(v) <= MAX_ABS:  # also inf; a huge int is compared exactly
         raise error(f"{where}: '{key}' must be a finite number of magnitude at most {MAX_ABS:g}, got {v!r}")
@@ -499,7 +496,7 @@ def runs_csv(groups: list[Group], metrics: Sequence[str], group_header: str) -> 
     w.writerow([group_header, "run", "seed", "round", *X_KEYS, *metrics])
 
     def cell(v):
-        return f"{v:.10g}" if _is_number(v) and not _missing(v) else ""
+        return f"{v:.10g}" if is_number(v) and not _missing(v) else ""
 
     for g in groups:
         for run in g.runs:
@@ -639,7 +636,7 @@ def compare(paths: Sequence[str | os.PathLike], metrics: Sequence[str] = DEFAULT
     out = Path(out)
     notes: list[str] = []
     runs = read_finished_runs(paths, notes)
-    available = sorted({k for r in runs for rec in r.records for k, v in rec.items() if _is_number(v)})
+    available = sorted({k for r in runs for rec in r.records for k, v in rec.items() if is_number(v)})
     unknown = [m for m in metrics if not any(m in rec for r in runs for rec in r.records)]
     if unknown:
         raise CompareError(f"--metric {unknown[0]}: in no results.jsonl; available: {', '.join(available)}")

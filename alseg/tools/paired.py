@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from alseg.config_check import is_number
 from alseg.errors import AlsegError
 from alseg.files import printable
 from alseg.spread import seed_std
@@ -62,9 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser, baseline_help: str) -> None:
 
 
 def _number(v) -> float | None:
-    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return None if np.isnan(v) else float(v)
+    """A record's value as a float; None where it is missing (null, NaN) or not a number."""
+    return float(v) if is_number(v) and not np.isnan(v) else None
 
 
 def difference(values: Sequence[float]) -> Difference:
