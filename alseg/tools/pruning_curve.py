@@ -42,11 +42,12 @@ from typing import Sequence
 
 import numpy as np
 
+from alseg.config_check import is_number
 from alseg.errors import AlsegError
 from alseg.spread import seed_std
 from alseg.files import printable
 from alseg.tools import paired
-from alseg.tools.compare import (MISSING, Run, _is_number, group_runs, number, print_grouped_table,
+from alseg.tools.compare import (MISSING, Run, group_runs, number, print_grouped_table,
                                  read_finished_runs, repeated, write_outputs)
 
 PROG = "pruning_curve"
@@ -139,7 +140,7 @@ def collect(paths: Sequence[str | os.PathLike], metric: str, notes: list[str],
     ``group_by``: config / record keys whose values (joined by " / ") stand for the strategy."""
     runs = read_finished_runs(paths, notes)
     if not any(metric in r.records[-1] for r in runs):
-        available = sorted({k for r in runs for k, v in r.records[-1].items() if _is_number(v)})
+        available = sorted({k for r in runs for k, v in r.records[-1].items() if is_number(v)})
         raise PruningCurveError(f"--metric {metric}: in no run's last record; available: {', '.join(available)}")
     label_of = {}
     if group_by:
