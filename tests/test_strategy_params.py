@@ -174,3 +174,21 @@ def test_param_error_is_a_config_error_renamed_by_build():
     e = ParamError("beta", "must be a number in [0, 1], got 2")
     assert isinstance(e, ConfigError) and str(e) == "strategy.beta: must be a number in [0, 1], got 2"
     assert str(e.at("al.initial_strategy")) == "al.initial_strategy.beta: must be a number in [0, 1], got 2"
+
+
+def test_number_checks_shared_by_every_validator():
+    """One is_number / is_int (alseg.config_check) serves the strategy checks, the ledger's and run
+    state's readers, the trainer's schedule and alseg-compare: NumPy scalars count, bools do not."""
+    import numpy as np
+
+    from alseg.annotation.ledger import label_problem
+    from alseg.config_check import is_int, is_number
+
+    assert [is_number(v) for v in (1, 0.5, np.float32(0.5), np.int64(2), float("nan"))] == [True] * 5
+    assert [is_number(v) for v in (True, None, "1", [1])] == [False] * 4
+    assert [is_int(v) for v in (3, np.int64(3), 3.0, False)] == [True, True, False, False]
+    point = {"kind": "point", "image_id": np.int64(7), "ann_id": 3, "x": np.float32(1.5), "y": 2,
+             "value": 1, "seconds": 0.9}
+    assert label_problem(point) is None
+    assert label_problem({**point, "image_id": True}) == "'image_id' must be an integer"
+    assert label_problem({**point, "seconds": "0.9"}) == "'seconds' must be a number"
